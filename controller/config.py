@@ -1,0 +1,367 @@
+"""Topology and service configuration: one YAML file describes one network.
+
+The controller, `nfsteer check`, the NF instances and the Mininet scripts all read the
+same file through :func:`load_topology`. Validation is strict: unknown keys, wrong types,
+duplicate names (also duplicate YAML keys), references to undefined things and impossible
+values are rejected with the file, the field and the reason, and nothing is applied from a
+file that fails.
+
+Layout (see ``topologies/single.yaml`` for a full example)::
+
+    name: single
+    switches:
+      s1: {dpid: 1}                         # steering: multipath (default) | select_group
+    links:                                  # switch-to-switch links, explicit port numbers
+      - {a: s1, a_port: 10, b: s2, b_port: 10}
+    hosts:                                  # end hosts (clients, servers, ...)
+      c1: {switch: s1, port: 1, mac: "02:00:00:00:00:01", ip: 10.0.0.1/24, role: client}
+    pools:
+      fw:
+        kind: firewall                      # firewall | nat | lb
+        slots: 4096                         # hash slots, power of two, 2..65536
+        membership: static                  # static | registered
+        nf: {...}                           # NF settings for this kind (nf/config.py)
+        instances:
+          fw1: {switch: s1, port: 11, mac: "02:00:00:00:01:01", ip: 10.0.0.101/24,
+                capacity: 1}
+    services:
+      web:
+        pool: fw
+        bidirectional: true                 # also steer the reverse direction
+        match:                              # a list; a packet matching any entry is steered
+          - {proto: tcp, src: 10.0.0.0/25, dst: 10.0.0.128/25, dst_ports: [80, 5001]}
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from collections.abc import Iterable
+from fractions import Fraction
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
+
+from nf.config import NFSettings, settings_for_kind
+
+MAX_PORT = 0xFFFFFEFF  # OFPP_MAX: higher numbers are reserved OpenFlow ports
+NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,9}$")  # short: Mininet derives intf names
+MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
+
+
+class ConfigError(Exception):
+    """A configuration file is invalid. ``str()`` is one message naming file, field, reason."""
+
+    def __init__(self, path: str | Path, problems: list[str]):
+        self.path = str(path)
+        self.problems = problems
+        lines = [f"{self.path}: {p}" for p in problems]
+        super().__init__("\n".join(lines))
+
+
+class Strict(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+Name = Annotated[str, Field(pattern=NAME_RE.pattern)]
+Port = Annotated[int, Field(ge=1, le=MAX_PORT)]
+L4Port = Annotated[int, Field(ge=0, le=65535)]
+
+
+def _mac(value: str) -> str:
+    v = value.lower()
+    if not MAC_RE.match(v):
+        raise ValueError(f"{value!r} is not a MAC address like 02:00:00:00:00:01")
+    if int(v[:2], 16) & 1:
+        raise ValueError(f"{value!r} is a multicast MAC address")
+    return v
+
+
+def _interface(value: str) -> str:
+    try:
+        iface = ipaddress.IPv4Interface(value)
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not an IPv4 address with prefix like 10.0.0.1/24") from e
+    if "/" not in value:
+        raise ValueError(f"{value!r} needs a prefix length, like 10.0.0.1/24")
+    return str(iface)
+
+
+def _network(value: str) -> str:
+    try:
+        return str(ipaddress.IPv4Network(value, strict=True))
+    except ValueError as e:
+        raise ValueError(f"{value!r} is not an IPv4 prefix like 10.0.0.0/24 ({e})") from e
+
+
+class Switch(Strict):
+    dpid: Annotated[int, Field(ge=1, le=2**64 - 1)]
+    steering: Literal["multipath", "select_group"] = "multipath"
+
+
+class Link(Strict):
+    a: Name
+    a_port: Port
+    b: Name
+    b_port: Port
+
+
+class Attachment(Strict):
+    """Something plugged into a switch port: a host or an NF instance."""
+
+    switch: Name
+    port: Port
+    mac: str
+    ip: str
+
+    _check_mac = field_validator("mac")(classmethod(lambda cls, v: _mac(v)))
+    _check_ip = field_validator("ip")(classmethod(lambda cls, v: _interface(v)))
+
+    @property
+    def ip_address(self) -> str:
+        return self.ip.split("/")[0]
+
+
+class Host(Attachment):
+    role: Literal["client", "server", "store", "other"] = "other"
+
+
+class Instance(Attachment):
+    capacity: Annotated[float, Field(gt=0, le=1_000_000, strict=False)] = 1
+
+    @field_validator("capacity", mode="before")
+    @classmethod
+    def _no_bool(cls, v: Any) -> Any:
+        if isinstance(v, bool) or not isinstance(v, int | float):
+            raise ValueError("must be a number")
+        return v
+
+    @property
+    def capacity_fraction(self) -> Fraction:
+        return Fraction(str(self.capacity))
+
+
+class Pool(Strict):
+    kind: Literal["firewall", "nat", "lb"]
+    slots: int = 4096
+    membership: Literal["static", "registered"] = "static"
+    basis: Annotated[int, Field(ge=0, le=65535)] = 0
+    nf: dict[str, Any] = Field(default_factory=dict)
+    instances: dict[Name, Instance] = Field(default_factory=dict)
+
+    @field_validator("slots")
+    @classmethod
+    def _power_of_two(cls, v: int) -> int:
+        if v < 2 or v > 65536 or v & (v - 1):
+            raise ValueError(f"must be a power of two between 2 and 65536, not {v}")
+        return v
+
+    @model_validator(mode="after")
+    def _nf_settings(self) -> Pool:
+        settings_for_kind(self.kind, self.nf)  # raises ValueError with a clear reason
+        return self
+
+    @property
+    def settings(self) -> NFSettings:
+        return settings_for_kind(self.kind, self.nf)
+
+
+class Match(Strict):
+    """One traffic class. Omitted fields match anything."""
+
+    proto: Literal["tcp", "udp", "icmp", "any"] = "any"
+    src: str | None = None
+    dst: str | None = None
+    src_ports: list[L4Port] | None = None
+    dst_ports: list[L4Port] | None = None
+    ingress: list[Name] | None = None  # host names whose traffic is classified; default all
+
+    _check_src = field_validator("src")(classmethod(lambda cls, v: v and _network(v)))
+    _check_dst = field_validator("dst")(classmethod(lambda cls, v: v and _network(v)))
+
+    @model_validator(mode="after")
+    def _ports_need_l4(self) -> Match:
+        if (self.src_ports or self.dst_ports) and self.proto not in ("tcp", "udp"):
+            raise ValueError("src_ports/dst_ports need proto tcp or udp")
+        for field in ("src_ports", "dst_ports"):
+            ports = getattr(self, field)
+            if ports is not None and (not ports or len(set(ports)) != len(ports)):
+                raise ValueError(f"{field} must be a non-empty list without repeats")
+        return self
+
+    def reversed(self) -> Match:
+        """The same traffic class seen from the other direction (no ingress restriction)."""
+        return Match(
+            proto=self.proto,
+            src=self.dst,
+            dst=self.src,
+            src_ports=self.dst_ports,
+            dst_ports=self.src_ports,
+        )
+
+
+class Service(Strict):
+    pool: Name
+    bidirectional: bool = True
+    priority: Annotated[int, Field(ge=0, le=1000)] = 100
+    match: Annotated[list[Match], Field(min_length=1)]
+
+
+class Topology(Strict):
+    name: Name
+    switches: Annotated[dict[Name, Switch], Field(min_length=1)]
+    links: list[Link] = Field(default_factory=list)
+    hosts: dict[Name, Host] = Field(default_factory=dict)
+    pools: dict[Name, Pool] = Field(default_factory=dict)
+    services: dict[Name, Service] = Field(default_factory=dict)
+
+    @model_validator(mode="after")
+    def _references(self) -> Topology:
+        problems = list(_cross_checks(self))
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
+
+    # Convenience views used by the controller and the Mininet scripts.
+    def instance(self, pool: str, name: str) -> Instance:
+        return self.pools[pool].instances[name]
+
+    def attachments(self) -> dict[str, Attachment]:
+        """Every host and instance by name (names are unique across both)."""
+        out: dict[str, Attachment] = dict(self.hosts)
+        for pool in self.pools.values():
+            out.update(pool.instances)
+        return out
+
+    def switch_by_dpid(self, dpid: int) -> str | None:
+        for name, sw in self.switches.items():
+            if sw.dpid == dpid:
+                return name
+        return None
+
+
+def _cross_checks(t: Topology) -> Iterable[str]:
+    seen_names: dict[str, str] = {}
+    for kind, names in (
+        ("switch", t.switches),
+        ("host", t.hosts),
+        ("pool", t.pools),
+        *(("instance", p.instances) for p in t.pools.values()),
+    ):
+        for n in names:
+            if n in seen_names and not (kind == "pool" or seen_names[n] == "pool"):
+                yield f"name {n!r} is used by a {seen_names[n]} and a {kind}"
+            seen_names.setdefault(n, kind)
+
+    dpids: dict[int, str] = {}
+    for name, sw in t.switches.items():
+        if sw.dpid in dpids:
+            yield f"switches.{name}.dpid: {sw.dpid} is also the dpid of {dpids[sw.dpid]}"
+        dpids.setdefault(sw.dpid, name)
+
+    used_ports: dict[tuple[str, int], str] = {}
+
+    def claim(where: str, switch: str, port: int) -> Iterable[str]:
+        if switch not in t.switches:
+            yield f"{where}: switch {switch!r} is not defined in switches"
+            return
+        key = (switch, port)
+        if key in used_ports:
+            yield f"{where}: port {switch}:{port} is already used by {used_ports[key]}"
+        used_ports.setdefault(key, where)
+
+    for i, link in enumerate(t.links):
+        if link.a == link.b:
+            yield f"links[{i}]: a link must join two different switches"
+        yield from claim(f"links[{i}].a", link.a, link.a_port)
+        yield from claim(f"links[{i}].b", link.b, link.b_port)
+
+    macs: dict[str, str] = {}
+    ips: dict[str, str] = {}
+    attachments: list[tuple[str, Attachment]] = [(f"hosts.{n}", h) for n, h in t.hosts.items()]
+    for pname, pool in t.pools.items():
+        attachments += [(f"pools.{pname}.instances.{n}", i) for n, i in pool.instances.items()]
+    for where, att in attachments:
+        yield from claim(where, att.switch, att.port)
+        if att.mac in macs:
+            yield f"{where}.mac: {att.mac} is also the MAC of {macs[att.mac]}"
+        macs.setdefault(att.mac, where)
+        if att.ip_address in ips:
+            yield f"{where}.ip: {att.ip_address} is also the address of {ips[att.ip_address]}"
+        ips.setdefault(att.ip_address, where)
+
+    for sname, svc in t.services.items():
+        if svc.pool not in t.pools:
+            yield f"services.{sname}.pool: pool {svc.pool!r} is not defined in pools"
+        for j, m in enumerate(svc.match):
+            for h in m.ingress or ():
+                if h not in t.hosts:
+                    yield f"services.{sname}.match[{j}].ingress: host {h!r} is not defined"
+    if len(t.pools) > 250:
+        yield "pools: at most 250 pools are supported"
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """SafeLoader that rejects duplicate mapping keys (PyYAML silently keeps the last)."""
+
+
+def _construct_mapping(loader: _UniqueKeyLoader, node: yaml.MappingNode, deep: bool = False):
+    seen: set[Any] = set()
+    for key_node, _ in node.value:
+        key = loader.construct_object(key_node, deep=deep)
+        if key in seen:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"duplicate key {key!r}", key_node.start_mark
+            )
+        seen.add(key)
+    return loader.construct_mapping(node, deep=deep)
+
+
+_UniqueKeyLoader.add_constructor(yaml.resolver.BaseResolver.DEFAULT_MAPPING_TAG, _construct_mapping)
+
+
+def _format_errors(err: ValidationError) -> list[str]:
+    out = []
+    for e in err.errors():
+        loc = ".".join(str(p) for p in e["loc"] if not str(p).startswith("function-"))
+        msg = e["msg"].removeprefix("Value error, ")
+        if e["type"] == "extra_forbidden":
+            msg = "unknown key"
+        out.append(f"{loc}: {msg}" if loc else msg)
+    return out
+
+
+def parse_topology(data: Any, path: str | Path = "<topology>") -> Topology:
+    """Validate already-parsed YAML data; raises ConfigError."""
+    if not isinstance(data, dict):
+        raise ConfigError(path, ["the file must hold a mapping (name, switches, ...)"])
+    try:
+        return Topology.model_validate(data)
+    except ValidationError as e:
+        raise ConfigError(path, _format_errors(e)) from None
+
+
+def load_topology(path: str | Path) -> Topology:
+    """Read and validate a topology file; raises ConfigError with one clear message."""
+    p = Path(path)
+    try:
+        text = p.read_text()
+    except OSError as e:
+        raise ConfigError(path, [f"cannot read: {e.strerror or e}"]) from None
+    try:
+        data = yaml.load(text, Loader=_UniqueKeyLoader)  # noqa: S506 - a SafeLoader subclass
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f"line {mark.line + 1}, column {mark.column + 1}: " if mark else ""
+        problem = getattr(e, "problem", None) or str(e)
+        raise ConfigError(path, [f"{where}invalid YAML: {problem}"]) from None
+    return parse_topology(data, path)

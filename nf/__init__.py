@@ -1,0 +1,1 @@
+"""Disaggregated network functions whose per-connection state lives in Redis."""

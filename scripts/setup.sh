@@ -1,0 +1,57 @@
+#!/usr/bin/env bash
+# Idempotent set-up for nfsteer on Debian 12, run as root by `make demo` and `make test`:
+# Debian packages, the virtual environment (with Mininet importable), OVS and Redis running.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+DEB_PACKAGES=(openvswitch-switch mininet redis-server python3-venv python3-dev ethtool
+              iproute2 iputils-ping procps psmisc)
+VENV=.venv
+
+log() { echo "setup: $*"; }
+
+if [ "$(id -u)" -ne 0 ]; then
+    echo "setup: must run as root (Open vSwitch, Mininet and network namespaces need it)" >&2
+    exit 1
+fi
+
+missing=()
+for p in "${DEB_PACKAGES[@]}"; do
+    dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+    log "installing Debian packages: ${missing[*]}"
+    apt-get update -qq
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${missing[@]}" >/dev/null
+fi
+
+# Mininet lives in Debian's Python, so the venv is built on it with system site-packages.
+if [ ! -x "$VENV/bin/python" ]; then
+    log "creating virtual environment $VENV"
+    /usr/bin/python3 -m venv --system-site-packages "$VENV"
+fi
+stamp="$VENV/.installed-$(sha256sum pyproject.toml | cut -c1-16)"
+if [ ! -f "$stamp" ]; then
+    log "installing nfsteer and its dependencies into $VENV"
+    "$VENV/bin/pip" install -q --upgrade pip >/dev/null
+    "$VENV/bin/pip" install -q -e '.[test]'
+    rm -f "$VENV"/.installed-*
+    touch "$stamp"
+fi
+
+# Open vSwitch: userspace datapath only (no kernel module here); ovs-ctl skips modprobe.
+if ! ovs-vsctl --timeout=3 show >/dev/null 2>&1; then
+    log "starting Open vSwitch"
+    /usr/share/openvswitch/scripts/ovs-ctl start --system-id=random >/dev/null 2>&1 || true
+    ovs-vsctl --timeout=10 show >/dev/null
+fi
+
+# Redis on loopback for the controller; tests start their own servers on free ports.
+if ! redis-cli -h 127.0.0.1 -p 6379 ping >/dev/null 2>&1; then
+    log "starting Redis on 127.0.0.1:6379"
+    redis-server --bind 127.0.0.1 --port 6379 --daemonize yes --save '' --appendonly no \
+        --logfile /var/log/redis-nfsteer.log >/dev/null
+    for _ in $(seq 50); do redis-cli ping >/dev/null 2>&1 && break; sleep 0.1; done
+    redis-cli ping >/dev/null
+fi
+log "ready (venv $VENV, OVS $(ovs-vsctl --version | head -1 | awk '{print $NF}'), Redis $(redis-server --version | awk '{print $3}'))"
