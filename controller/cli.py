@@ -1,8 +1,9 @@
 """The `nfsteer` command: one entry point, one module per subcommand.
 
-Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int`` and keeps
-its module-level imports light (heavy imports go inside ``run``), so that `nfsteer --help`
-and quick commands stay fast.
+Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int`` (or, for
+an entry written ``module:name``, ``add_<name>_arguments`` and ``run_<name>``) and keeps its
+module-level imports light (heavy imports go inside ``run``), so that `nfsteer --help` and
+quick commands stay fast.
 """
 
 from __future__ import annotations
@@ -20,11 +21,21 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("lookup", "controller.lookup", "which NF instance serves a 5-tuple"),
     ("nf", "nf.cli", "run one NF instance (firewall, nat, lb) on an interface"),
     ("demo", "controller.demo", "run the scale-out demo in Mininet"),
+    ("status", "controller.opscli:status", "pools and instances of a running controller"),
+    ("pool", "controller.opscli:pool", "show pools of a running controller"),
+    ("instance", "controller.opscli:instance", "add, remove, drain, set capacity of instances"),
 ]
 
 
 class UsageError(Exception):
     """Bad arguments discovered after parsing: printed as one line, exit status 2."""
+
+
+def _unavailable(name: str):
+    def run(_args: argparse.Namespace) -> int:
+        raise UsageError(f"the {name!r} command is not part of this installation")
+
+    return run
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,10 +45,17 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, help_text in SUBCOMMANDS:
-        module = importlib.import_module(module_name)
+        module_path, _, part = module_name.partition(":")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        module.add_arguments(p)
-        p.set_defaults(_run=module.run)
+        try:
+            module = importlib.import_module(module_path)
+        except ModuleNotFoundError as e:
+            if e.name != module_path:
+                raise
+            p.set_defaults(_run=_unavailable(name))
+            continue
+        getattr(module, f"add_{part}_arguments" if part else "add_arguments")(p)
+        p.set_defaults(_run=getattr(module, f"run_{part}" if part else "run"))
     return parser
 
 
