@@ -35,6 +35,7 @@ Layout (see ``topologies/single.yaml`` for a full example)::
 from __future__ import annotations
 
 import ipaddress
+import math
 import re
 from collections.abc import Iterable
 from fractions import Fraction
@@ -55,6 +56,7 @@ from nf.config import NFSettings, settings_for_kind
 
 MAX_PORT = 0xFFFFFEFF  # OFPP_MAX: higher numbers are reserved OpenFlow ports
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,9}$")  # short: Mininet derives intf names
+MAX_PORT_COMBINATIONS = 256
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -93,10 +95,15 @@ def _interface(value: str) -> str:
         raise ValueError(f"{value!r} is not an IPv4 address with prefix like 10.0.0.1/24") from e
     if "/" not in value:
         raise ValueError(f"{value!r} needs a prefix length, like 10.0.0.1/24")
+    net = iface.network
+    if net.prefixlen < 31 and iface.ip in (net.network_address, net.broadcast_address):
+        raise ValueError(f"{value!r} is the network or broadcast address of {net}")
     return str(iface)
 
 
-def _network(value: str) -> str:
+def _network(value: str | None) -> str | None:
+    if value is None:
+        return None
     try:
         return str(ipaddress.IPv4Network(value, strict=True))
     except ValueError as e:
@@ -143,6 +150,8 @@ class Instance(Attachment):
     def _no_bool(cls, v: Any) -> Any:
         if isinstance(v, bool) or not isinstance(v, int | float):
             raise ValueError("must be a number")
+        if not math.isfinite(v):
+            raise ValueError("must be a finite number")
         return v
 
     @property
@@ -183,10 +192,11 @@ class Match(Strict):
     dst: str | None = None
     src_ports: list[L4Port] | None = None
     dst_ports: list[L4Port] | None = None
-    ingress: list[Name] | None = None  # host names whose traffic is classified; default all
+    # Host names whose traffic is classified; default: every host.
+    ingress: Annotated[list[Name], Field(min_length=1)] | None = None
 
-    _check_src = field_validator("src")(classmethod(lambda cls, v: v and _network(v)))
-    _check_dst = field_validator("dst")(classmethod(lambda cls, v: v and _network(v)))
+    _check_src = field_validator("src")(classmethod(lambda cls, v: _network(v)))
+    _check_dst = field_validator("dst")(classmethod(lambda cls, v: _network(v)))
 
     @model_validator(mode="after")
     def _ports_need_l4(self) -> Match:
@@ -196,6 +206,13 @@ class Match(Strict):
             ports = getattr(self, field)
             if ports is not None and (not ports or len(set(ports)) != len(ports)):
                 raise ValueError(f"{field} must be a non-empty list without repeats")
+        # Each (src port, dst port) pair is one flow entry per edge switch.
+        combos = len(self.src_ports or [0]) * len(self.dst_ports or [0])
+        if combos > MAX_PORT_COMBINATIONS:
+            raise ValueError(
+                f"src_ports x dst_ports gives {combos} combinations; at most "
+                f"{MAX_PORT_COMBINATIONS} are allowed (use a wider match instead)"
+            )
         return self
 
     def reversed(self) -> Match:

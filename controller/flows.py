@@ -1,0 +1,495 @@
+"""Flow programming: the flow table each switch should hold, and how to get it there. Pure.
+
+Pipeline (OpenFlow 1.3, one switch)::
+
+  table 0  classify
+    3000  in_port=<instance port>, untagged | in_port=<fabric port>  -> goto 2
+    2500  any VLAN tag (from a host or instance port)        -> drop
+    1000+P  service match (from host ports; P = service priority)
+            multipath mode:    write_metadata(pool id), multipath(...) -> reg0, goto 1
+            select_group mode: group(pool id)
+    0     anything else                                      -> goto 2
+  table 1  slots (multipath mode)
+    100   metadata=<pool id>, reg0=<slot>   -> deliver to the slot's owner
+          (no entry: the slot has no reachable owner and its traffic is dropped)
+  table 2  forward
+    500   vlan_vid=<instance VID>  -> pop_vlan, output:<instance port> (at its switch)
+                                   -> output:<port towards its switch> (elsewhere)
+    400   any other VLAN tag       -> drop
+    300   arp, arp_tpa=<ip>        -> output towards the owner of ip
+    200   ip, ipv4_dst=<ip>        -> set eth_dst:<its MAC>, output towards it
+    100   eth_dst=<mac>            -> output towards it
+
+"Deliver to an instance" outputs to the instance's port when it is on this switch; an
+instance on another switch is reached by pushing a VLAN tag whose VID names the instance
+and sending the packet towards that switch, so the packet's own addresses are kept; the
+instance's switch pops the tag. The multipath action hashes the symmetric 5-tuple, so both
+directions of a connection land in the same slot.
+
+A switch's table is a dict keyed by (table, priority, match); each entry's cookie is a
+stable hash of its whole content. :func:`diff` turns (what the switch holds, what it should
+hold) into ordered steps: groups and flow adds/modifies first (an add with the same
+match and priority replaces the old entry atomically, so a slot changes owner with no
+gap), a barrier, then deletes, then a barrier. The same comparison serves rebalancing,
+port and link changes, controller restarts and switch reconnects: the switch's table is
+read back (table, priority, match, cookie) and only the difference is sent.
+"""
+
+from __future__ import annotations
+
+import functools
+import hashlib
+import ipaddress
+import itertools
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from controller.config import Match as MatchSpec
+from controller.config import Topology
+from controller.hashing import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS
+from controller.state import InstanceInfo, Steering
+from controller.topology import Routes, fabric_ports
+
+T_CLASSIFY, T_SLOTS, T_FORWARD = 0, 1, 2
+OFPVID_PRESENT = 0x1000
+OFPVID_NONE = 0x0000
+ETH_IPV4, ETH_ARP, ETH_VLAN = 0x0800, 0x0806, 0x8100
+IP_PROTOS = {"tcp": 6, "udp": 17, "icmp": 1}
+METADATA_MASK = 0xFFFF_FFFF_FFFF_FFFF
+MAX_BUCKET_WEIGHT = 0xFFFF
+MAX_VID = 4094
+
+PRIO_IN_PORT = 3000
+PRIO_TAGGED_DROP = 2500
+PRIO_SERVICE_BASE = 1000
+PRIO_DEFAULT = 0
+PRIO_SLOT = 100
+PRIO_VID, PRIO_VID_DROP, PRIO_ARP, PRIO_IP, PRIO_L2 = 500, 400, 300, 200, 100
+
+# A match is a sorted tuple of (OXM field name as os-ken spells it, value); a masked value
+# is (value, mask). IPv4 values are dotted strings, MACs lower-case strings, others ints.
+MatchT = tuple[tuple[str, Any], ...]
+Action = tuple[Any, ...]
+Instruction = tuple[Any, ...]
+FlowKey = tuple[int, int, MatchT]
+
+
+def make_match(**fields: Any) -> MatchT:
+    """Canonical form of a match, identical to what :mod:`controller.ofmsg` parses back."""
+    out = []
+    for name, value in fields.items():
+        if value is None:
+            continue
+        out.append((name, _canonical_value(name, value)))
+    return tuple(sorted(out))
+
+
+def _canonical_value(name: str, value: Any) -> Any:
+    if isinstance(value, tuple):
+        v, m = value
+        if name in ("ipv4_src", "ipv4_dst", "arp_tpa", "arp_spa"):
+            net = ipaddress.IPv4Network(f"{v}/{m}", strict=False)
+            if net.prefixlen == 32:
+                return str(net.network_address)
+            return (str(net.network_address), str(net.netmask))
+        if isinstance(v, str):
+            v, m = v.lower(), m.lower()
+            return v if m == "ff:ff:ff:ff:ff:ff" else (v, m)
+        return (v & m, m)
+    if isinstance(value, str):
+        return value.lower()
+    return int(value)
+
+
+@dataclass(frozen=True)
+class Flow:
+    table: int
+    priority: int
+    match: MatchT
+    instructions: tuple[Instruction, ...]  # ("apply", actions) ("write_metadata", v, m) ("goto", t)
+
+    @property
+    def key(self) -> FlowKey:
+        return (self.table, self.priority, self.match)
+
+    @cached_property
+    def cookie(self) -> int:
+        # A stable content hash: equal cookies mean equal entries, across restarts. Kept
+        # below 2**63 and non-zero so it never collides with the reserved all-ones value.
+        digest = hashlib.blake2b(repr(self.content()).encode(), digest_size=8).digest()
+        return (int.from_bytes(digest, "big") & 0x7FFF_FFFF_FFFF_FFFF) or 1
+
+    def content(self) -> tuple:
+        return (self.table, self.priority, self.match, self.instructions)
+
+
+Bucket = tuple[int, tuple[Action, ...]]  # (weight, actions)
+
+
+@dataclass(frozen=True)
+class Group:
+    group_id: int
+    buckets: tuple[Bucket, ...]  # a select group
+
+
+@dataclass
+class SwitchTable:
+    """What one switch should hold (desired) or holds (current: flows map key -> cookie)."""
+
+    flows: dict[FlowKey, Flow] = field(default_factory=dict)
+    groups: dict[int, Group] = field(default_factory=dict)
+
+    def add(self, flow: Flow) -> None:
+        self.flows[flow.key] = flow
+
+    def cookies(self) -> dict[FlowKey, int]:
+        return {k: f.cookie for k, f in self.flows.items()}
+
+
+@dataclass
+class Installed:
+    """A switch's table as read back or as last programmed: keys with cookies, and groups."""
+
+    flows: dict[FlowKey, int] = field(default_factory=dict)
+    groups: dict[int, tuple[Bucket, ...]] = field(default_factory=dict)
+
+    @classmethod
+    def of(cls, table: SwitchTable) -> Installed:
+        return cls(table.cookies(), {g.group_id: g.buckets for g in table.groups.values()})
+
+
+# Steps of a plan, in the order they must reach the switch.
+@dataclass(frozen=True)
+class FlowAdd:
+    flow: Flow
+
+
+@dataclass(frozen=True)
+class FlowDelete:
+    key: FlowKey
+
+
+@dataclass(frozen=True)
+class GroupAdd:
+    group: Group
+
+
+@dataclass(frozen=True)
+class GroupModify:
+    group: Group
+
+
+@dataclass(frozen=True)
+class GroupDelete:
+    group_id: int
+
+
+@dataclass(frozen=True)
+class Barrier:
+    pass
+
+
+Step = FlowAdd | FlowDelete | GroupAdd | GroupModify | GroupDelete | Barrier
+
+
+# -- identifiers ------------------------------------------------------------------------------
+
+
+def pool_ids(topology: Topology) -> dict[str, int]:
+    """Pool number: the metadata value in the slot table and the select group id."""
+    return {name: i for i, name in enumerate(sorted(topology.pools), start=1)}
+
+
+def instance_vids(steering: Steering) -> dict[tuple[str, str], int]:
+    """VLAN id naming each instance on the fabric. Instances listed in the topology keep
+    the same VID whatever registers later; others are numbered after them."""
+    listed = sorted((p, n) for p, pool in steering.topology.pools.items() for n in pool.instances)
+    extra = sorted(
+        (p, n)
+        for p, ps in steering.pools.items()
+        for n in ps.instances
+        if n not in steering.topology.pools[p].instances
+    )
+    return {key: vid for vid, key in enumerate(listed + extra, start=1) if vid <= MAX_VID}
+
+
+# -- desired table ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _Attachment:
+    switch: str
+    port: int
+    mac: str
+    ip: str
+
+
+def _attachments(steering: Steering) -> list[_Attachment]:
+    out = [
+        _Attachment(h.switch, h.port, h.mac, h.ip_address)
+        for _, h in sorted(steering.topology.hosts.items())
+    ]
+    for _, ps in sorted(steering.pools.items()):
+        for _, i in sorted(ps.instances.items()):
+            if i.located:
+                out.append(_Attachment(i.switch, i.port, i.mac.lower(), i.ip))  # type: ignore[arg-type]
+    return out
+
+
+def _towards(switch: str, dest_switch: str, dest_port: int, routes: Routes) -> int | None:
+    if dest_switch == switch:
+        return dest_port
+    return routes.port_towards(switch, dest_switch)
+
+
+def _deliver(
+    switch: str, info: InstanceInfo | None, vid: int | None, routes: Routes
+) -> tuple[Action, ...] | None:
+    """Actions that bring a packet to an instance unchanged, or None if it is unreachable."""
+    if info is None or not info.located:
+        return None
+    if info.switch == switch:
+        return (("output", info.port),)
+    port = routes.port_towards(switch, info.switch)  # type: ignore[arg-type]
+    if port is None or vid is None:
+        return None
+    return (
+        ("push_vlan", ETH_VLAN),
+        ("set_field", "vlan_vid", OFPVID_PRESENT | vid),
+        ("output", port),
+    )
+
+
+def _prefix(net: str | None) -> Any:
+    if not net:
+        return None
+    n = ipaddress.IPv4Network(net)
+    if n.prefixlen == 0:
+        return None
+    return (str(n.network_address), str(n.netmask))
+
+
+def service_matches(spec: MatchSpec) -> list[dict[str, Any]]:
+    """One OpenFlow match (as field dict, without in_port) per port combination."""
+    base: dict[str, Any] = {"eth_type": ETH_IPV4}
+    if spec.proto != "any":
+        base["ip_proto"] = IP_PROTOS[spec.proto]
+    base["ipv4_src"] = _prefix(spec.src)
+    base["ipv4_dst"] = _prefix(spec.dst)
+    l4 = spec.proto if spec.proto in ("tcp", "udp") else None
+    srcs: list[int | None] = list(spec.src_ports or [None])
+    dsts: list[int | None] = list(spec.dst_ports or [None])
+    out = []
+    for sport, dport in itertools.product(srcs, dsts):
+        m = dict(base)
+        if l4:
+            m[f"{l4}_src"] = sport
+            m[f"{l4}_dst"] = dport
+        out.append(m)
+    return out
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def _slot_flow(pool_id: int, slot: int, actions: tuple[Action, ...]) -> Flow:
+    # Slot entries are most of a table and mostly unchanged from one change to the next:
+    # reusing them keeps their (hashed) cookies, so recomputing a table stays cheap.
+    return Flow(T_SLOTS, PRIO_SLOT, make_match(metadata=pool_id, reg0=slot), (("apply", actions),))
+
+
+def desired_table(steering: Steering, switch: str, routes: Routes) -> SwitchTable:
+    """The complete table switch ``switch`` should hold for the current steering state."""
+    topo = steering.topology
+    mode = topo.switches[switch].steering
+    pids = pool_ids(topo)
+    vids = instance_vids(steering)
+    table = SwitchTable()
+    goto_fwd = (("goto", T_FORWARD),)
+
+    # table 0: traffic leaving an instance or arriving over the fabric is never classified.
+    local_instances = sorted(
+        i.port
+        for ps in steering.pools.values()
+        for i in ps.instances.values()
+        if i.switch == switch and i.port is not None
+    )
+    for port in sorted(set(local_instances)):
+        m = make_match(in_port=port, vlan_vid=OFPVID_NONE)
+        table.add(Flow(T_CLASSIFY, PRIO_IN_PORT, m, goto_fwd))
+    for port in sorted(fabric_ports(topo)[switch]):
+        table.add(Flow(T_CLASSIFY, PRIO_IN_PORT, make_match(in_port=port), goto_fwd))
+    # Tags belong to the fabric: a tagged frame from a host or instance is dropped.
+    tagged = make_match(vlan_vid=(OFPVID_PRESENT, OFPVID_PRESENT))
+    table.add(Flow(T_CLASSIFY, PRIO_TAGGED_DROP, tagged, ()))
+    table.add(Flow(T_CLASSIFY, PRIO_DEFAULT, make_match(), goto_fwd))
+
+    # Traffic is classified where it enters the network: switches without hosts (e.g.
+    # spines) only forward.
+    edge = any(h.switch == switch for h in topo.hosts.values())
+    used_pools: set[str] = set()
+    for _, svc in sorted(topo.services.items()) if edge else ():
+        pool = steering.pools[svc.pool]
+        pid = pids[svc.pool]
+        if mode == "select_group":
+            instructions: tuple[Instruction, ...] = (("apply", (("group", pid),)),)
+        else:
+            multipath = (
+                "multipath",
+                MULTIPATH_FIELDS,
+                pool.basis,
+                MULTIPATH_ALGORITHM,
+                pool.n_slots - 1,  # max_link: number of links minus one
+                0,
+                "reg0",
+                0,
+                15,
+            )
+            instructions = (
+                ("apply", (multipath,)),
+                ("write_metadata", pid, METADATA_MASK),
+                ("goto", T_SLOTS),
+            )
+        entries: list[tuple[MatchSpec, list[str] | None]] = []
+        for spec in svc.match:
+            entries.append((spec, spec.ingress))
+            if svc.bidirectional:
+                entries.append((spec.reversed(), None))
+        for spec, ingress in entries:
+            if ingress is None:
+                in_ports: list[int | None] = [None]
+            else:
+                in_ports = sorted(
+                    topo.hosts[h].port for h in ingress if topo.hosts[h].switch == switch
+                )
+            for fields_, in_port in itertools.product(service_matches(spec), in_ports):
+                m = make_match(in_port=in_port, **fields_)
+                prio = PRIO_SERVICE_BASE + svc.priority
+                # The first service listed wins a tie on identical matches.
+                table.flows.setdefault(
+                    (T_CLASSIFY, prio, m), Flow(T_CLASSIFY, prio, m, instructions)
+                )
+        used_pools.add(svc.pool)
+
+    # table 1 (or the pool's select group): slot -> instance.
+    for pname in sorted(used_pools):
+        pool = steering.pools[pname]
+        pid = pids[pname]
+        deliver = {
+            name: _deliver(switch, info, vids.get((pname, name)), routes)
+            for name, info in pool.instances.items()
+        }
+        if mode == "select_group":
+            counts = pool.slot_counts()
+            buckets = tuple(
+                (min(counts[name], MAX_BUCKET_WEIGHT), deliver[name])
+                for name in sorted(counts)
+                if counts[name] > 0 and deliver[name] is not None
+            )
+            table.groups[pid] = Group(pid, buckets)  # type: ignore[arg-type]
+            continue
+        for slot, owner in enumerate(pool.assignment):
+            actions = deliver.get(owner) if owner is not None else None
+            if actions is not None:
+                flow = _slot_flow(pid, slot, actions)
+                table.flows[flow.key] = flow
+
+    # table 2: forwarding.
+    for (pname, iname), vid in sorted(vids.items()):
+        info = steering.pools[pname].instances.get(iname)
+        if info is None or not info.located:
+            continue
+        m = make_match(vlan_vid=OFPVID_PRESENT | vid)
+        if info.switch == switch:
+            actions: tuple[Action, ...] = (("pop_vlan",), ("output", info.port))
+        else:
+            port = routes.port_towards(switch, info.switch)  # type: ignore[arg-type]
+            if port is None:
+                continue
+            actions = (("output", port),)
+        table.add(Flow(T_FORWARD, PRIO_VID, m, (("apply", actions),)))
+    table.add(
+        Flow(T_FORWARD, PRIO_VID_DROP, make_match(vlan_vid=(OFPVID_PRESENT, OFPVID_PRESENT)), ())
+    )
+    for att in _attachments(steering):
+        port = _towards(switch, att.switch, att.port, routes)
+        if port is None:
+            continue
+        out = (("output", port),)
+        for prio, m, acts in (
+            (PRIO_ARP, make_match(eth_type=ETH_ARP, arp_tpa=att.ip), out),
+            (
+                PRIO_IP,
+                make_match(eth_type=ETH_IPV4, ipv4_dst=att.ip),
+                (("set_field", "eth_dst", att.mac), *out),
+            ),
+            (PRIO_L2, make_match(eth_dst=att.mac), out),
+        ):
+            table.flows.setdefault(
+                (T_FORWARD, prio, m), Flow(T_FORWARD, prio, m, (("apply", acts),))
+            )
+    return table
+
+
+# -- diff -------------------------------------------------------------------------------------
+
+
+def diff(current: Installed, desired: SwitchTable) -> list[Step]:
+    """Ordered steps that turn ``current`` into ``desired``; [] when they are equal.
+
+    Adds and modifies go first (later tables before the tables that jump to them, so no
+    packet is sent to an entry that does not exist yet), then a barrier, then deletes
+    (tables that jump first), then a barrier; groups are created before and deleted after
+    the flows that use them.
+    """
+    steps: list[Step] = []
+    for gid, group in sorted(desired.groups.items()):
+        if gid not in current.groups:
+            steps.append(GroupAdd(group))
+        elif current.groups[gid] != group.buckets:
+            steps.append(GroupModify(group))
+    adds = [f for k, f in desired.flows.items() if current.flows.get(k) != f.cookie]
+    adds.sort(key=lambda f: (-f.table, -f.priority, repr(f.match)))
+    steps += [FlowAdd(f) for f in adds]
+    if steps:
+        steps.append(Barrier())
+    deletes = sorted(
+        (k for k in current.flows if k not in desired.flows),
+        key=lambda k: (k[0], -k[1], repr(k[2])),
+    )
+    if deletes:
+        steps += [FlowDelete(k) for k in deletes]
+        steps.append(Barrier())
+    gone = sorted(g for g in current.groups if g not in desired.groups)
+    if gone:
+        steps += [GroupDelete(g) for g in gone]
+        steps.append(Barrier())
+    return steps
+
+
+def apply_steps(current: Installed, steps: Iterable[Step]) -> Installed:
+    """What the switch holds after ``steps`` (used to track a switch between changes)."""
+    flows = dict(current.flows)
+    groups = dict(current.groups)
+    for step in steps:
+        if isinstance(step, FlowAdd):
+            flows[step.flow.key] = step.flow.cookie
+        elif isinstance(step, FlowDelete):
+            flows.pop(step.key, None)
+        elif isinstance(step, GroupAdd | GroupModify):
+            groups[step.group.group_id] = step.group.buckets
+        elif isinstance(step, GroupDelete):
+            groups.pop(step.group_id, None)
+    return Installed(flows, groups)
+
+
+def count_mods(steps: Iterable[Step]) -> Mapping[str, int]:
+    out = {"flow": 0, "group": 0, "barrier": 0}
+    for s in steps:
+        if isinstance(s, Barrier):
+            out["barrier"] += 1
+        elif isinstance(s, FlowAdd | FlowDelete):
+            out["flow"] += 1
+        else:
+            out["group"] += 1
+    return out

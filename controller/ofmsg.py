@@ -1,0 +1,246 @@
+"""Pure flow descriptions (:mod:`controller.flows`) to os-ken OpenFlow 1.3 messages, and
+stats replies back to descriptions. No I/O: messages are built for a datapath object (a
+connected ``Datapath``, or ``os_ken.ofproto.ofproto_protocol.ProtocolDesc`` in tests) and
+returned; the app sends them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from typing import Any
+
+from os_ken.ofproto import nicira_ext, ofproto_v1_3
+
+from controller import flows as fl
+
+OFP = ofproto_v1_3
+
+
+def _actions(parser: Any, actions: Iterable[fl.Action]) -> list[Any]:
+    out = []
+    for act in actions:
+        kind = act[0]
+        if kind == "output":
+            out.append(parser.OFPActionOutput(act[1], 0))
+        elif kind == "push_vlan":
+            out.append(parser.OFPActionPushVlan(act[1]))
+        elif kind == "pop_vlan":
+            out.append(parser.OFPActionPopVlan())
+        elif kind == "set_field":
+            out.append(parser.OFPActionSetField(**{act[1]: act[2]}))
+        elif kind == "group":
+            out.append(parser.OFPActionGroup(act[1]))
+        elif kind == "multipath":
+            _, fields, basis, algorithm, max_link, arg, dst, start, end = act
+            out.append(
+                parser.NXActionMultipath(
+                    fields=fields,
+                    basis=basis,
+                    algorithm=algorithm,
+                    max_link=max_link,
+                    arg=arg,
+                    ofs_nbits=nicira_ext.ofs_nbits(start, end),
+                    dst=dst,
+                )
+            )
+        else:  # pragma: no cover - flows.py only produces the kinds above
+            raise ValueError(f"unknown action {act!r}")
+    return out
+
+
+def parse_actions(actions: Iterable[Any]) -> tuple[fl.Action, ...]:
+    """os-ken action objects back to descriptions (the kinds flows.py produces)."""
+    out: list[fl.Action] = []
+    for a in actions:
+        name = type(a).__name__
+        if name == "OFPActionOutput":
+            out.append(("output", a.port))
+        elif name == "OFPActionPushVlan":
+            out.append(("push_vlan", a.ethertype))
+        elif name == "OFPActionPopVlan":
+            out.append(("pop_vlan",))
+        elif name == "OFPActionSetField":
+            value = a.value.lower() if isinstance(a.value, str) else a.value
+            out.append(("set_field", a.key, value))
+        elif name == "OFPActionGroup":
+            out.append(("group", a.group_id))
+        elif name == "NXActionMultipath":
+            start = a.ofs_nbits >> 6
+            end = start + (a.ofs_nbits & 0x3F)
+            out.append(
+                ("multipath", a.fields, a.basis, a.algorithm, a.max_link, a.arg, a.dst, start, end)
+            )
+        else:
+            out.append(("unknown", name))
+    return tuple(out)
+
+
+def _instructions(parser: Any, instructions: Iterable[fl.Instruction]) -> list[Any]:
+    out = []
+    for ins in instructions:
+        if ins[0] == "apply":
+            out.append(
+                parser.OFPInstructionActions(OFP.OFPIT_APPLY_ACTIONS, _actions(parser, ins[1]))
+            )
+        elif ins[0] == "write_metadata":
+            out.append(parser.OFPInstructionWriteMetadata(ins[1], ins[2]))
+        elif ins[0] == "goto":
+            out.append(parser.OFPInstructionGotoTable(ins[1]))
+        else:  # pragma: no cover
+            raise ValueError(f"unknown instruction {ins!r}")
+    return out
+
+
+def ofp_match(parser: Any, match: fl.MatchT) -> Any:
+    return parser.OFPMatch(**dict(match))
+
+
+def flow_add(dp: Any, flow: fl.Flow) -> Any:
+    parser = dp.ofproto_parser
+    return parser.OFPFlowMod(
+        dp,
+        cookie=flow.cookie,
+        cookie_mask=0,
+        table_id=flow.table,
+        command=OFP.OFPFC_ADD,
+        idle_timeout=0,
+        hard_timeout=0,
+        priority=flow.priority,
+        buffer_id=OFP.OFP_NO_BUFFER,
+        out_port=OFP.OFPP_ANY,
+        out_group=OFP.OFPG_ANY,
+        flags=0,
+        match=ofp_match(parser, flow.match),
+        instructions=_instructions(parser, flow.instructions),
+    )
+
+
+def flow_delete(dp: Any, key: fl.FlowKey) -> Any:
+    table, priority, match = key
+    parser = dp.ofproto_parser
+    return parser.OFPFlowMod(
+        dp,
+        table_id=table,
+        command=OFP.OFPFC_DELETE_STRICT,
+        priority=priority,
+        buffer_id=OFP.OFP_NO_BUFFER,
+        out_port=OFP.OFPP_ANY,
+        out_group=OFP.OFPG_ANY,
+        match=ofp_match(parser, match),
+    )
+
+
+def _buckets(parser: Any, group: fl.Group) -> list[Any]:
+    # os-ken's OFPBucket defaults to weight=0, which OVS never selects: always pass it.
+    return [
+        parser.OFPBucket(
+            weight=max(1, weight),
+            watch_port=OFP.OFPP_ANY,
+            watch_group=OFP.OFPG_ANY,
+            actions=_actions(parser, actions),
+        )
+        for weight, actions in group.buckets
+    ]
+
+
+def group_mod(dp: Any, group: fl.Group, command: int) -> Any:
+    parser = dp.ofproto_parser
+    return parser.OFPGroupMod(
+        dp, command, OFP.OFPGT_SELECT, group.group_id, _buckets(parser, group)
+    )
+
+
+def group_delete(dp: Any, group_id: int) -> Any:
+    return dp.ofproto_parser.OFPGroupMod(dp, OFP.OFPGC_DELETE, OFP.OFPGT_SELECT, group_id, [])
+
+
+def barrier(dp: Any) -> Any:
+    return dp.ofproto_parser.OFPBarrierRequest(dp)
+
+
+def messages(dp: Any, steps: Iterable[fl.Step]) -> list[Any]:
+    """One os-ken message per step, in order."""
+    out = []
+    for s in steps:
+        if isinstance(s, fl.FlowAdd):
+            out.append(flow_add(dp, s.flow))
+        elif isinstance(s, fl.FlowDelete):
+            out.append(flow_delete(dp, s.key))
+        elif isinstance(s, fl.GroupAdd):
+            out.append(group_mod(dp, s.group, OFP.OFPGC_ADD))
+        elif isinstance(s, fl.GroupModify):
+            out.append(group_mod(dp, s.group, OFP.OFPGC_MODIFY))
+        elif isinstance(s, fl.GroupDelete):
+            out.append(group_delete(dp, s.group_id))
+        elif isinstance(s, fl.Barrier):
+            out.append(barrier(dp))
+    return out
+
+
+# -- requests and replies ---------------------------------------------------------------------
+
+
+def flow_stats_request(dp: Any) -> Any:
+    parser = dp.ofproto_parser
+    return parser.OFPFlowStatsRequest(
+        dp, 0, OFP.OFPTT_ALL, OFP.OFPP_ANY, OFP.OFPG_ANY, 0, 0, parser.OFPMatch()
+    )
+
+
+def group_desc_request(dp: Any) -> Any:
+    return dp.ofproto_parser.OFPGroupDescStatsRequest(dp, 0)
+
+
+def port_desc_request(dp: Any) -> Any:
+    return dp.ofproto_parser.OFPPortDescStatsRequest(dp, 0)
+
+
+def parse_match(match: Any) -> fl.MatchT:
+    return fl.make_match(**dict(match.items()))
+
+
+def parse_flow_stats(bodies: Iterable[Any]) -> dict[fl.FlowKey, int]:
+    """Flow-stats reply bodies (all parts of a multipart reply) -> {key: cookie}."""
+    out: dict[fl.FlowKey, int] = {}
+    for st in bodies:
+        out[(st.table_id, st.priority, parse_match(st.match))] = st.cookie
+    return out
+
+
+def parse_group_desc(bodies: Iterable[Any]) -> dict[int, tuple[fl.Bucket, ...]]:
+    out: dict[int, tuple[fl.Bucket, ...]] = {}
+    for g in bodies:
+        out[g.group_id] = tuple((b.weight, parse_actions(b.actions)) for b in g.buckets)
+    return out
+
+
+def port_is_up(port: Any) -> bool:
+    """A port carries traffic: not administratively down and link not down."""
+    return not (port.config & OFP.OFPPC_PORT_DOWN) and not (port.state & OFP.OFPPS_LINK_DOWN)
+
+
+def describe(msg: Any) -> str:
+    """A one-line description of a message we sent, for error logs."""
+    name = type(msg).__name__
+    if name == "OFPFlowMod":
+        cmd = {
+            OFP.OFPFC_ADD: "add",
+            OFP.OFPFC_MODIFY: "modify",
+            OFP.OFPFC_MODIFY_STRICT: "modify_strict",
+            OFP.OFPFC_DELETE: "delete",
+            OFP.OFPFC_DELETE_STRICT: "delete_strict",
+        }.get(msg.command, str(msg.command))
+        match = ",".join(f"{k}={v}" for k, v in msg.match.items())
+        acts = []
+        for ins in msg.instructions:
+            acts.append(str(ins))
+        return (
+            f"flow_mod {cmd} table={msg.table_id} priority={msg.priority} match=[{match}] "
+            f"cookie={msg.cookie:#x} instructions={acts}"
+        )
+    if name == "OFPGroupMod":
+        return (
+            f"group_mod command={msg.command} group_id={msg.group_id} "
+            f"buckets={[(b.weight, parse_actions(b.actions)) for b in msg.buckets]}"
+        )
+    return name

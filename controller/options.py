@@ -1,0 +1,111 @@
+"""Controller options: from the command line (`nfsteer controller`) or from the environment.
+
+When the app is loaded by some other os-ken AppManager, nothing passes it arguments, so it
+reads these environment variables:
+
+=========================  ================================================  ==============
+variable                   meaning                                           default
+=========================  ================================================  ==============
+NFSTEER_TOPOLOGY           topology YAML file (required)                     -
+NFSTEER_REDIS              Redis URL (``redis://[:password@]host:port/db``)  no Redis
+NFSTEER_LISTEN             OpenFlow HOST:PORT (informational: the listener   127.0.0.1:6653
+                           belongs to the AppManager's os-ken CONF)
+NFSTEER_API                REST API / metrics HOST:PORT                      127.0.0.1:8080
+NFSTEER_API_TOKEN          bearer token the REST API requires for changes    none
+NFSTEER_HEARTBEAT_TTL_MS   heartbeat expiry for registered instances         500
+NFSTEER_LOG_LEVEL          DEBUG, INFO, WARNING, ERROR                       INFO
+=========================  ================================================  ==============
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import os
+from collections.abc import Mapping
+from dataclasses import dataclass
+from pathlib import Path
+
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DEFAULT_LISTEN = ("127.0.0.1", 6653)
+DEFAULT_API = ("127.0.0.1", 8080)
+DEFAULT_HEARTBEAT_TTL_MS = 500
+
+
+class OptionsError(ValueError):
+    """An option has an invalid value; the message names the option."""
+
+
+@dataclass(frozen=True)
+class Options:
+    topology: Path
+    redis_url: str | None = None
+    listen: tuple[str, int] = DEFAULT_LISTEN
+    api: tuple[str, int] = DEFAULT_API
+    api_token: str | None = None
+    heartbeat_ttl_ms: int = DEFAULT_HEARTBEAT_TTL_MS
+    log_level: str = "INFO"
+
+    def __post_init__(self) -> None:
+        if (
+            not isinstance(self.heartbeat_ttl_ms, int)
+            or not 10 <= self.heartbeat_ttl_ms <= 3_600_000
+        ):
+            raise OptionsError(
+                f"heartbeat TTL must be between 10 and 3600000 ms, not {self.heartbeat_ttl_ms!r}"
+            )
+        if self.log_level.upper() not in LOG_LEVELS:
+            raise OptionsError(
+                f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
+            )
+        if self.redis_url is not None and not self.redis_url.startswith(
+            ("redis://", "rediss://", "unix://")
+        ):
+            raise OptionsError("Redis URL must start with redis://, rediss:// or unix://")
+        object.__setattr__(self, "log_level", self.log_level.upper())
+        object.__setattr__(self, "topology", Path(self.topology))
+
+    @classmethod
+    def from_env(cls, environ: Mapping[str, str] | None = None) -> Options:
+        env = os.environ if environ is None else environ
+        topology = env.get("NFSTEER_TOPOLOGY")
+        if not topology:
+            raise OptionsError("NFSTEER_TOPOLOGY must name the topology file")
+        ttl = env.get("NFSTEER_HEARTBEAT_TTL_MS", str(DEFAULT_HEARTBEAT_TTL_MS))
+        try:
+            ttl_ms = int(ttl)
+        except ValueError:
+            raise OptionsError(f"NFSTEER_HEARTBEAT_TTL_MS: {ttl!r} is not a number") from None
+        return cls(
+            topology=Path(topology),
+            redis_url=env.get("NFSTEER_REDIS") or None,
+            listen=parse_hostport(env.get("NFSTEER_LISTEN", ""), DEFAULT_LISTEN, "NFSTEER_LISTEN"),
+            api=parse_hostport(env.get("NFSTEER_API", ""), DEFAULT_API, "NFSTEER_API"),
+            api_token=env.get("NFSTEER_API_TOKEN") or None,
+            heartbeat_ttl_ms=ttl_ms,
+            log_level=env.get("NFSTEER_LOG_LEVEL", "INFO"),
+        )
+
+
+def parse_hostport(text: str, default: tuple[str, int], what: str = "address") -> tuple[str, int]:
+    """``HOST:PORT``, ``:PORT``, ``HOST`` or ``[v6]:PORT``; empty means the default."""
+    text = text.strip()
+    if not text:
+        return default
+    host, port_text = text, ""
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port_text = rest.removeprefix(":")
+    elif text.count(":") == 1:
+        host, port_text = text.split(":")
+    host = host or default[0]
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        if host != "localhost":
+            raise OptionsError(f"{what}: {host!r} is not an IP address") from None
+        host = "127.0.0.1"
+    if not port_text:
+        return host, default[1]
+    if not port_text.isdigit() or not 0 <= int(port_text) <= 65535:
+        raise OptionsError(f"{what}: port {port_text!r} is not a number from 0 to 65535")
+    return host, int(port_text)

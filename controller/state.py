@@ -1,0 +1,315 @@
+"""Pool state: instances, their health and capacity, and the slot assignment. No I/O.
+
+:class:`Steering` is the single owner of "which instance serves which hash slot". Every
+mutation validates its input first and raises :class:`SteeringError` without changing
+anything; otherwise it recomputes the assignment with :func:`controller.slots.assign`
+(fewest possible moves), bumps the pool epoch when a slot changed owner and returns a
+:class:`PoolChange` listing the moved slots. Flow programming derives the switch tables
+from this state, so the state is the one source of truth for the data plane.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from enum import StrEnum
+
+from controller import slots
+from controller.config import MAC_RE, NAME_RE, Topology
+from controller.hashing import FiveTuple, slot_of
+
+MAX_CAPACITY = 1_000_000
+
+
+class InstanceState(StrEnum):
+    ACTIVE = "active"
+    DRAINING = "draining"
+    FAILED = "failed"
+    DOWN = "down"  # known (e.g. listed in the topology) but not registered / not running
+
+
+@dataclass
+class InstanceInfo:
+    name: str
+    pool: str
+    mac: str
+    ip: str
+    switch: str | None
+    port: int | None
+    capacity: float
+    state: InstanceState
+    last_heartbeat: float | None = None
+
+    @property
+    def located(self) -> bool:
+        """Attached at a known switch port, so the network can deliver to it."""
+        return self.switch is not None and self.port is not None
+
+
+@dataclass
+class PoolState:
+    name: str
+    kind: str
+    n_slots: int
+    basis: int
+    instances: dict[str, InstanceInfo]
+    assignment: list[str | None]
+    epoch: int
+
+    def active_capacities(self) -> dict[str, float]:
+        """Instances that may own slots: ACTIVE and attached at a known port."""
+        return {
+            n: i.capacity
+            for n, i in self.instances.items()
+            if i.state is InstanceState.ACTIVE and i.located
+        }
+
+    def slot_counts(self) -> dict[str, int]:
+        held = Counter(o for o in self.assignment if o is not None)
+        return {n: held.get(n, 0) for n in self.instances}
+
+
+@dataclass(frozen=True)
+class PoolChange:
+    pool: str
+    epoch: int
+    moved: tuple[tuple[int, str | None, str | None], ...] = field(default=())
+
+
+class SteeringError(ValueError):
+    """A request that cannot be applied (unknown pool or instance, invalid value)."""
+
+
+def _ip_address(ip: str) -> str:
+    return ip.split("/")[0]
+
+
+class Steering:
+    def __init__(self, topology: Topology, now: float = 0.0):
+        self.topology = topology
+        self.pools: dict[str, PoolState] = {}
+        for pname, pool in topology.pools.items():
+            start = InstanceState.ACTIVE if pool.membership == "static" else InstanceState.DOWN
+            instances = {
+                n: InstanceInfo(
+                    name=n,
+                    pool=pname,
+                    mac=i.mac,
+                    ip=i.ip_address,
+                    switch=i.switch,
+                    port=i.port,
+                    capacity=float(i.capacity),
+                    state=start,
+                    last_heartbeat=None,
+                )
+                for n, i in pool.instances.items()
+            }
+            ps = PoolState(
+                name=pname,
+                kind=pool.kind,
+                n_slots=pool.slots,
+                basis=pool.basis,
+                instances=instances,
+                assignment=[None] * pool.slots,
+                epoch=0,
+            )
+            ps.assignment = slots.assign(ps.n_slots, ps.active_capacities(), None)
+            if any(ps.assignment):
+                ps.epoch = 1
+            self.pools[pname] = ps
+
+    # -- queries ---------------------------------------------------------------------------
+
+    def pool(self, name: str) -> PoolState:
+        try:
+            return self.pools[name]
+        except KeyError:
+            raise SteeringError(f"unknown pool {name!r}") from None
+
+    def instance(self, pool: str, name: str) -> InstanceInfo:
+        ps = self.pool(pool)
+        try:
+            return ps.instances[name]
+        except KeyError:
+            raise SteeringError(f"pool {pool!r} has no instance {name!r}") from None
+
+    def lookup(self, pool: str, ft: FiveTuple) -> str | None:
+        ps = self.pool(pool)
+        return ps.assignment[slot_of(ft, ps.n_slots, ps.basis)]
+
+    def instance_at(self, switch: str, port: int) -> tuple[str, str] | None:
+        for pname, ps in self.pools.items():
+            for iname, info in ps.instances.items():
+                if info.switch == switch and info.port == port:
+                    return pname, iname
+        return None
+
+    # -- mutations -------------------------------------------------------------------------
+
+    def add_instance(self, info: InstanceInfo, now: float) -> PoolChange:
+        ps = self.pool(info.pool)
+        new = self._validated_info(info)
+        old = ps.instances.get(new.name)
+        where = (new.switch, new.port)
+        if new.located:
+            other = self.instance_at(*where)  # type: ignore[arg-type]
+            if other is not None and other != (new.pool, new.name):
+                raise SteeringError(
+                    f"port {new.switch}:{new.port} is already used by instance "
+                    f"{other[1]!r} of pool {other[0]!r}"
+                )
+            if new.switch not in self.topology.switches:
+                raise SteeringError(f"unknown switch {new.switch!r}")
+            taken = self._fixed_ports().get(where)
+            if taken is not None and taken != new.name:
+                raise SteeringError(f"port {new.switch}:{new.port} is used by {taken!r}")
+        if new.last_heartbeat is None and old is not None:
+            new.last_heartbeat = old.last_heartbeat
+        instances = dict(ps.instances)
+        instances[new.name] = new
+        return self._commit(ps, instances)
+
+    def remove_instance(self, pool: str, name: str, now: float) -> PoolChange:
+        ps = self.pool(pool)
+        self.instance(pool, name)
+        instances = {n: i for n, i in ps.instances.items() if n != name}
+        return self._commit(ps, instances)
+
+    def set_state(
+        self, pool: str, name: str, state: InstanceState, now: float, force: bool = False
+    ) -> PoolChange:
+        ps = self.pool(pool)
+        info = self.instance(pool, name)
+        try:
+            state = InstanceState(state)
+        except ValueError:
+            valid = ", ".join(s.value for s in InstanceState)
+            raise SteeringError(f"unknown state {state!r} (one of {valid})") from None
+        if (
+            state is InstanceState.DRAINING
+            and not force
+            and info.state is InstanceState.ACTIVE
+            and set(ps.active_capacities()) == {name}
+        ):
+            raise SteeringError(
+                f"{name!r} is the last active instance of pool {pool!r}: draining it would "
+                "leave the pool without an instance (use force to drain anyway)"
+            )
+        instances = dict(ps.instances)
+        instances[name] = copy.copy(info)
+        instances[name].state = state
+        return self._commit(ps, instances)
+
+    def set_capacity(self, pool: str, name: str, capacity: float, now: float) -> PoolChange:
+        ps = self.pool(pool)
+        info = self.instance(pool, name)
+        capacity = _check_capacity(capacity)
+        instances = dict(ps.instances)
+        instances[name] = copy.copy(info)
+        instances[name].capacity = capacity
+        return self._commit(ps, instances)
+
+    def heartbeat(self, pool: str, name: str, now: float) -> None:
+        """Record a heartbeat (no slot moves)."""
+        self.instance(pool, name).last_heartbeat = now
+
+    def restore_pool(
+        self,
+        pool: str,
+        instances: dict[str, InstanceInfo],
+        assignment: list[str | None],
+        epoch: int,
+    ) -> None:
+        ps = self.pool(pool)
+        checked = {}
+        for key, info in instances.items():
+            if info.name != key or info.pool != pool:
+                raise SteeringError(f"instance {key!r} is not named {key!r} in pool {pool!r}")
+            checked[key] = self._validated_info(info)
+        if len(assignment) != ps.n_slots:
+            raise SteeringError(
+                f"pool {pool!r}: saved assignment has {len(assignment)} slots, "
+                f"the topology says {ps.n_slots}"
+            )
+        unknown = {o for o in assignment if o is not None and o not in checked}
+        if unknown:
+            raise SteeringError(
+                f"pool {pool!r}: saved assignment names unknown instances {sorted(unknown)}"
+            )
+        if isinstance(epoch, bool) or not isinstance(epoch, int) or epoch < 0:
+            raise SteeringError(f"pool {pool!r}: epoch must be a non-negative integer")
+        ps.instances = checked
+        ps.assignment = list(assignment)
+        ps.epoch = epoch
+
+    # -- internals -------------------------------------------------------------------------
+
+    def _fixed_ports(self) -> dict[tuple[str, int], str]:
+        """Ports that the topology gives to hosts and links (instances may not take them)."""
+        out: dict[tuple[str, int], str] = {}
+        for hname, h in self.topology.hosts.items():
+            out[(h.switch, h.port)] = hname
+        for i, link in enumerate(self.topology.links):
+            out[(link.a, link.a_port)] = f"links[{i}]"
+            out[(link.b, link.b_port)] = f"links[{i}]"
+        return out
+
+    def _validated_info(self, info: InstanceInfo) -> InstanceInfo:
+        if not isinstance(info.name, str) or not NAME_RE.match(info.name):
+            raise SteeringError(f"invalid instance name {info.name!r}")
+        if not isinstance(info.mac, str) or not MAC_RE.match(info.mac.lower()):
+            raise SteeringError(f"instance {info.name!r}: invalid MAC {info.mac!r}")
+        ip = _ip_address(str(info.ip))
+        if not re.fullmatch(r"(\d{1,3})(\.\d{1,3}){3}", ip) or any(
+            int(x) > 255 for x in ip.split(".")
+        ):
+            raise SteeringError(f"instance {info.name!r}: invalid IPv4 address {info.ip!r}")
+        if (info.switch is None) != (info.port is None):
+            raise SteeringError(f"instance {info.name!r}: give both switch and port, or neither")
+        if info.port is not None and (
+            isinstance(info.port, bool) or not isinstance(info.port, int) or info.port < 1
+        ):
+            raise SteeringError(f"instance {info.name!r}: invalid port {info.port!r}")
+        try:
+            state = InstanceState(info.state)
+        except ValueError:
+            raise SteeringError(f"instance {info.name!r}: unknown state {info.state!r}") from None
+        out = copy.copy(info)
+        out.mac = info.mac.lower()
+        out.ip = ip
+        out.state = state
+        out.capacity = _check_capacity(info.capacity)
+        return out
+
+    def _commit(self, ps: PoolState, instances: dict[str, InstanceInfo]) -> PoolChange:
+        """Recompute the assignment for new instance data; apply it atomically."""
+        trial = PoolState(
+            ps.name, ps.kind, ps.n_slots, ps.basis, instances, ps.assignment, ps.epoch
+        )
+        # An owner that is gone from the pool must not be kept by assign().
+        previous = [o if o in instances else None for o in ps.assignment]
+        try:
+            new = slots.assign(ps.n_slots, trial.active_capacities(), previous)
+        except ValueError as e:
+            raise SteeringError(f"pool {ps.name!r}: {e}") from None
+        moved = tuple(
+            (s, old, nw)
+            for s, (old, nw) in enumerate(zip(ps.assignment, new, strict=True))
+            if old != nw
+        )
+        ps.instances = instances
+        ps.assignment = new
+        if moved:
+            ps.epoch += 1
+        return PoolChange(pool=ps.name, epoch=ps.epoch, moved=moved)
+
+
+def _check_capacity(capacity: float) -> float:
+    if isinstance(capacity, bool) or not isinstance(capacity, int | float):
+        raise SteeringError(f"capacity must be a number, not {capacity!r}")
+    if not math.isfinite(capacity) or capacity <= 0 or capacity > MAX_CAPACITY:
+        raise SteeringError(f"capacity must be > 0 and <= {MAX_CAPACITY}, not {capacity!r}")
+    return float(capacity)
