@@ -1,0 +1,154 @@
+"""`nfsteer nf`: run one NF instance (firewall, nat or lb) on one interface."""
+
+from __future__ import annotations
+
+import argparse
+
+from controller import keys
+
+KINDS = ("firewall", "nat", "lb")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--kind", required=True, choices=KINDS)
+    p.add_argument("--interface", required=True, metavar="IF", help="the one interface (one-arm)")
+    p.add_argument("--pool", required=True, metavar="P", help="the pool this instance joins")
+    p.add_argument(
+        "--name", help='instance name (default: from the interface, "fw2-eth0" -> "fw2")'
+    )
+    p.add_argument(
+        "--capacity",
+        type=float,
+        help="relative capacity (default: the topology's value for this instance, else 1)",
+    )
+    p.add_argument("--redis", metavar="URL", help="redis://[:password@]host:port/db")
+    p.add_argument(
+        "--state",
+        choices=("redis", "local"),
+        default="redis",
+        help="where connection state lives (local: in-process baseline)",
+    )
+    p.add_argument(
+        "--config", metavar="FILE", help="topology file: the pool's nf: settings come from it"
+    )
+    p.add_argument(
+        "--fail-open",
+        action="store_true",
+        help="forward packets unchanged while the state store is unreachable (default: drop)",
+    )
+    p.add_argument(
+        "--batch", type=int, default=64, help="max packets per batch (1: one round trip each)"
+    )
+    p.add_argument("--stats-file", metavar="PATH", help="JSON counters, rewritten periodically")
+    p.add_argument("--stats-interval", type=float, default=1.0, metavar="S")
+    p.add_argument(
+        "--drain-grace",
+        type=float,
+        default=keys.DRAIN_GRACE_S,
+        metavar="S",
+        help="on SIGTERM, longest wait for the controller to move the slots away",
+    )
+    p.add_argument("--heartbeat-ttl-ms", type=int, default=keys.HEARTBEAT_TTL_MS)
+    p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
+
+
+def default_name(interface: str) -> str:
+    """Mininet names a host's interfaces <host>-eth<N>: the host is the instance."""
+    return interface.split("-")[0]
+
+
+def run(args: argparse.Namespace) -> int:
+    import logging
+    import os
+    import sys
+
+    from controller.cli import UsageError
+    from controller.config import NAME_RE, load_topology
+    from nf.config import settings_for_kind
+
+    name = args.name or default_name(args.interface)
+    if not NAME_RE.match(name):
+        raise UsageError(f"instance name {name!r} is not valid (letters, digits, _ and -)")
+    if args.state == "redis" and not args.redis:
+        raise UsageError("--state redis needs --redis URL")
+    if args.batch < 1 or args.batch > 4096:
+        raise UsageError("--batch must be between 1 and 4096")
+    if args.capacity is not None and not 0 < args.capacity <= 1_000_000:
+        raise UsageError("--capacity must be above 0")
+    if not os.path.exists(f"/sys/class/net/{args.interface}"):
+        raise UsageError(f"interface {args.interface!r} does not exist")
+
+    capacity = args.capacity
+    listed = None
+    if args.config:
+        topo = load_topology(args.config)
+        pool = topo.pools.get(args.pool)
+        if pool is None:
+            raise UsageError(f"{args.config}: pool {args.pool!r} is not defined")
+        if pool.kind != args.kind:
+            raise UsageError(f"{args.config}: pool {args.pool!r} is of kind {pool.kind}")
+        settings = pool.settings
+        listed = pool.instances.get(name)
+        if capacity is None and listed is not None:
+            capacity = listed.capacity
+    else:
+        settings = settings_for_kind(args.kind, {})
+    capacity = 1.0 if capacity is None else capacity
+
+    logging.basicConfig(
+        level=args.log_level,
+        stream=sys.stderr,
+        format=f"%(asctime)s nf {name} %(levelname)s %(message)s",
+    )
+    log = logging.getLogger("nfsteer.nf")
+
+    from nf.instance import Instance, build_nf
+    from nf.registration import Identity, Registration
+    from nf.runtime import PacketLoop, Processor, interface_addresses, open_socket
+    from nf.state import LocalStore, RedisStore, redis_client
+
+    try:
+        nf = build_nf(args.kind, args.pool, settings)
+    except ValueError as e:
+        raise UsageError(str(e)) from None
+    mac, ip = interface_addresses(args.interface)
+    if listed is not None and listed.mac != mac:
+        log.warning("%s has MAC %s but the topology lists %s for %s", args.interface, mac,
+                    listed.mac, name)  # fmt: skip
+    client = redis_client(args.redis) if args.redis else None
+    store = RedisStore(client, [nf.script]) if args.state == "redis" else LocalStore()
+    try:
+        sock = open_socket(args.interface)
+    except PermissionError:
+        raise UsageError("opening a packet socket needs root (CAP_NET_RAW)") from None
+    except OSError as e:
+        raise UsageError(f"cannot open a packet socket on {args.interface}: {e}") from None
+    processor = Processor(nf, store, args.fail_open)
+    loop = PacketLoop(processor, sock, args.batch)
+    reg = None
+    if client is not None:
+        ident = Identity(name, args.pool, args.kind, mac, ip, args.interface, capacity)
+        reg = Registration(client, ident, args.heartbeat_ttl_ms)
+    describe = {
+        "name": name,
+        "pool": args.pool,
+        "kind": args.kind,
+        "interface": args.interface,
+        "state_store": args.state,
+        "batch": args.batch,
+        "fail_open": processor.fail_open,
+        "pid": os.getpid(),
+    }
+    log.info(
+        "%s instance %s in pool %s on %s (state: %s, batch %d, fail %s)",
+        args.kind, name, args.pool, args.interface, args.state, args.batch,
+        "open" if processor.fail_open else "closed",
+    )  # fmt: skip
+    inst = Instance(loop, reg, args.stats_file, args.stats_interval, args.drain_grace, describe)
+    try:
+        return inst.run()
+    finally:
+        sock.close()
+        store.close()
+        if client is not None:
+            client.close()

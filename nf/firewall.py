@@ -1,0 +1,233 @@
+"""Stateful firewall: ordered allow/deny rules for new connections, connection tracking
+for everything else.
+
+State: one string key per connection, ``nfsteer:fw:<pool>:{<proto>:<a>:<pa>:<b>:<pb>}``
+(endpoints in canonical order, so both directions find it; the braces make the whole
+connection one Redis Cluster hash tag) holding ``"<state>:<initiator side>"``, with a TTL
+that is the idle timeout of that state. One op, ``c``, is the whole TCP state machine:
+read the entry, apply the transition table, write the new state with its TTL — atomically,
+in Lua. The table lives here once and is rendered into the Lua source, so the Redis and
+the local store run the same machine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+from nf.base import NetworkFunction, Prefixes, ms
+from nf.config import FirewallSettings
+from nf.packet import ACK, FIN, ICMP, ICMP_ECHO_REQUEST, RST, SYN, TCP, UDP, Packet
+from nf.state import Result, Script, local_get, local_set
+
+# Connection states (0: no entry)
+NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_ORIG, FIN_REPLY, CLOSING, CLOSED = range(8)
+UDP_OPEN, ICMP_OPEN = 8, 9
+STATE_NAMES = [
+    "none",
+    "syn_sent",
+    "syn_recv",
+    "established",
+    "fin_orig",
+    "fin_reply",
+    "closing",
+    "closed",
+    "udp",
+    "icmp",
+]
+# Packet events
+EV_SYN, EV_SYNACK, EV_ACK, EV_FIN, EV_RST, EV_UDP, EV_ECHO, EV_ECHO_REPLY = range(8)
+OPENERS = frozenset({EV_SYN, EV_UDP, EV_ECHO})
+REOPENABLE = frozenset({CLOSING, CLOSED})  # a new opener may reuse a finished connection
+ORIG, REPLY = 0, 1
+BOTH = (ORIG, REPLY)
+
+# (state, direction relative to the initiator, event) -> new state. Missing: drop.
+TRANSITIONS: dict[tuple[int, int, int], int] = {
+    (NONE, ORIG, EV_SYN): SYN_SENT,
+    (NONE, ORIG, EV_UDP): UDP_OPEN,
+    (NONE, ORIG, EV_ECHO): ICMP_OPEN,
+    (SYN_SENT, ORIG, EV_SYN): SYN_SENT,
+    (SYN_SENT, REPLY, EV_SYNACK): SYN_RECV,
+    (SYN_RECV, ORIG, EV_SYN): SYN_RECV,
+    (SYN_RECV, REPLY, EV_SYNACK): SYN_RECV,
+    (SYN_RECV, ORIG, EV_ACK): ESTABLISHED,
+    (SYN_RECV, ORIG, EV_FIN): FIN_ORIG,
+    (ESTABLISHED, REPLY, EV_SYNACK): ESTABLISHED,  # the initiator's last ACK was lost
+    (ESTABLISHED, ORIG, EV_FIN): FIN_ORIG,
+    (ESTABLISHED, REPLY, EV_FIN): FIN_REPLY,
+    (FIN_ORIG, ORIG, EV_FIN): FIN_ORIG,
+    (FIN_ORIG, REPLY, EV_FIN): CLOSING,
+    (FIN_REPLY, REPLY, EV_FIN): FIN_REPLY,
+    (FIN_REPLY, ORIG, EV_FIN): CLOSING,
+    (UDP_OPEN, ORIG, EV_UDP): UDP_OPEN,
+    (UDP_OPEN, REPLY, EV_UDP): UDP_OPEN,
+    (ICMP_OPEN, ORIG, EV_ECHO): ICMP_OPEN,
+    (ICMP_OPEN, REPLY, EV_ECHO_REPLY): ICMP_OPEN,
+}
+for _s in (ESTABLISHED, FIN_ORIG, FIN_REPLY, CLOSING):
+    for _d in BOTH:
+        TRANSITIONS[(_s, _d, EV_ACK)] = _s
+for _s in (SYN_SENT, SYN_RECV, ESTABLISHED, FIN_ORIG, FIN_REPLY, CLOSING):
+    for _d in BOTH:
+        TRANSITIONS[(_s, _d, EV_RST)] = CLOSED
+for _d in BOTH:
+    TRANSITIONS[(CLOSING, _d, EV_FIN)] = CLOSING
+
+NO_CONNECTION, DENIED, INVALID = -1, -2, -3
+ERRORS = {NO_CONNECTION: "fw_no_connection", DENIED: "fw_denied", INVALID: "fw_invalid_state"}
+
+
+def _index(state: int, direction: int, event: int) -> int:
+    return state * 64 + direction * 16 + event
+
+
+_T = {_index(*k): v for k, v in TRANSITIONS.items()}
+
+_LUA_OPS = (
+    "local T = {"
+    + ", ".join(f"[{k}] = {v}" for k, v in sorted(_T.items()))
+    + "}\n"
+    + "local OPENER = {"
+    + ", ".join(f"[{e}] = true" for e in sorted(OPENERS))
+    + "}\n"
+    + "local REOPEN = {"
+    + ", ".join(f"[{s}] = true" for s in sorted(REOPENABLE))
+    + "}\n"
+    + """
+-- K[ki]: connection key; A[ai..ai+2]: side of the sender (0/1), event, may open (0/1).
+-- cfg[state]: idle timeout (ms) of each state. Returns the new state or a drop code.
+OPS['c'] = function(K, ki, A, ai, now, cfg)
+  local key = K[ki]
+  local side, ev = tonumber(A[ai]), tonumber(A[ai + 1])
+  local st, init = 0, side
+  local v = redis.call('GET', key)
+  if v then
+    st = tonumber(string.sub(v, 1, -3))
+    init = tonumber(string.sub(v, -1))
+    if REOPEN[st] and OPENER[ev] then st, init = 0, side end
+  end
+  local dir = 0
+  if side ~= init then dir = 1 end
+  local new = T[st * 64 + dir * 16 + ev]
+  if not new then
+    if st == 0 then return -1 end
+    return -3
+  end
+  if st == 0 and A[ai + 2] ~= '1' then return -2 end
+  redis.call('SET', key, new .. ':' .. init, 'PX', cfg[new])
+  return new
+end
+"""
+)
+
+
+def _local_ct(data: dict, keys: Sequence[str], args: Sequence[Any], now: int, cfg) -> Result:
+    key = keys[0]
+    side, ev, may_open = args
+    st, init = 0, side
+    v = local_get(data, key, now)
+    if v is not None:
+        st, init = v
+        if st in REOPENABLE and ev in OPENERS:
+            st, init = 0, side
+    new = _T.get(_index(st, 0 if side == init else 1, ev))
+    if new is None:
+        return NO_CONNECTION if st == 0 else INVALID
+    if st == 0 and may_open != 1:
+        return DENIED
+    local_set(data, key, (new, init), now, int(cfg[new - 1]))  # cfg[0] is state 1
+    return new
+
+
+SCRIPT = Script("firewall", _LUA_OPS, {"c": (1, 3)}, {"c": _local_ct})
+
+
+class Firewall(NetworkFunction):
+    kind = "firewall"
+    script = SCRIPT
+    errors = ERRORS
+
+    def __init__(self, pool: str, settings: FirewallSettings):
+        self.settings = settings
+        self.fail_open = settings.fail_open
+        self.prefix = f"nfsteer:fw:{pool}:"
+        self.inside = Prefixes(settings.inside)
+        protos = {"tcp": TCP, "udp": UDP, "icmp": ICMP, "any": 0}
+        self.rules = [
+            (
+                r.action == "allow",
+                protos[r.proto],
+                Prefixes([r.src]) if r.src else None,
+                Prefixes([r.dst]) if r.dst else None,
+                frozenset(r.dst_ports) if r.dst_ports is not None else None,
+            )
+            for r in settings.rules
+        ]
+        self.default_allow = settings.default == "allow"
+        s = settings
+        ttl = {
+            SYN_SENT: s.tcp_syn_timeout,
+            SYN_RECV: s.tcp_syn_timeout,
+            ESTABLISHED: s.tcp_established_timeout,
+            FIN_ORIG: s.tcp_established_timeout,
+            FIN_REPLY: s.tcp_established_timeout,
+            CLOSING: s.tcp_close_timeout,
+            CLOSED: s.tcp_close_timeout,
+            UDP_OPEN: s.udp_timeout,
+            ICMP_OPEN: s.icmp_timeout,
+        }
+        self._cfg = tuple(ms(ttl[st]) for st in range(1, ICMP_OPEN + 1))
+
+    def cfg(self) -> tuple[Any, ...]:
+        return self._cfg
+
+    def may_open(self, pkt: Packet) -> bool:
+        """May this packet open a new connection (inside check, then rules, then default)?"""
+        if self.inside and pkt.src not in self.inside:
+            return False
+        for allow, proto, src, dst, ports in self.rules:
+            if proto and proto != pkt.proto:
+                continue
+            if src is not None and pkt.src not in src:
+                continue
+            if dst is not None and pkt.dst not in dst:
+                continue
+            if ports is not None and pkt.dport not in ports:
+                continue
+            return allow
+        return self.default_allow
+
+    def request(self, pkt: Packet):
+        proto = pkt.proto
+        if proto == TCP:
+            f = pkt.flags
+            if f & RST:
+                ev = EV_RST
+            elif f & SYN:
+                if f & FIN:
+                    return "fw_bad_tcp_flags"
+                ev = EV_SYNACK if f & ACK else EV_SYN
+            elif f & FIN:
+                ev = EV_FIN
+            elif f & ACK:
+                ev = EV_ACK
+            else:
+                return "fw_bad_tcp_flags"
+        elif proto == UDP:
+            ev = EV_UDP
+        else:
+            ev = EV_ECHO if pkt.icmp_type == ICMP_ECHO_REQUEST else EV_ECHO_REPLY
+        if (pkt.src, pkt.sport) <= (pkt.dst, pkt.dport):
+            side = 0
+            conn = f"{proto}:{pkt.src_ip}:{pkt.sport}:{pkt.dst_ip}:{pkt.dport}"
+        else:
+            side = 1
+            conn = f"{proto}:{pkt.dst_ip}:{pkt.dport}:{pkt.src_ip}:{pkt.sport}"
+        may_open = 1 if ev in OPENERS and self.may_open(pkt) else 0
+        return ("c", (f"{self.prefix}{{{conn}}}",), (side, ev, may_open))
+
+    def complete(self, frame: bytes, pkt: Packet, result: Result) -> bytes | str:
+        if isinstance(result, int) and result < 0:
+            return self.errors.get(result, "fw_error")
+        return frame

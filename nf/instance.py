@@ -1,0 +1,152 @@
+"""One running NF instance: the packet loop plus a side thread for registration,
+heartbeats, draining and stats."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import signal
+import tempfile
+import threading
+import time
+from typing import Any
+
+from controller import keys
+from nf.base import NetworkFunction
+from nf.config import FirewallSettings, LBSettings, NATSettings, NFSettings
+from nf.registration import Registration
+from nf.runtime import PacketLoop, Processor
+
+log = logging.getLogger("nfsteer.nf")
+
+
+def build_nf(kind: str, pool: str, settings: NFSettings) -> NetworkFunction:
+    from nf.firewall import Firewall
+    from nf.lb import LoadBalancer
+    from nf.nat import NAT
+
+    if kind == "firewall" and isinstance(settings, FirewallSettings):
+        return Firewall(pool, settings)
+    if kind == "nat" and isinstance(settings, NATSettings):
+        return NAT(pool, settings)
+    if kind == "lb" and isinstance(settings, LBSettings):
+        return LoadBalancer(pool, settings)
+    raise ValueError(f"settings of kind {type(settings).__name__} do not fit an NF of kind {kind}")
+
+
+class Instance:
+    def __init__(
+        self,
+        loop: PacketLoop,
+        registration: Registration | None,
+        stats_file: str | None = None,
+        stats_interval_s: float = 1.0,
+        drain_grace_s: float = keys.DRAIN_GRACE_S,
+        describe: dict[str, Any] | None = None,
+    ):
+        self.loop = loop
+        self.reg = registration
+        self.stats_file = stats_file
+        self.stats_interval_s = stats_interval_s
+        self.drain_grace_s = drain_grace_s
+        self.describe = describe or {}
+        self.drain_requested = threading.Event()
+        self._done = threading.Event()
+        self._store_ok = True  # for one log line per change of the side thread's view
+        self.state = "active"
+
+    @property
+    def processor(self) -> Processor:
+        return self.loop.p
+
+    def stats(self) -> dict[str, Any]:
+        return {
+            **self.describe,
+            "state": self.state,
+            "time": round(time.time(), 3),
+            "counters": self.processor.counters.snapshot(self.processor.store),
+        }
+
+    def request_stop(self, *_: Any) -> None:
+        """SIGTERM/SIGINT: drain first; a second signal stops at once."""
+        if self.drain_requested.is_set():
+            self.loop.stop.set()
+        self.drain_requested.set()
+
+    def run(self) -> int:
+        signal.signal(signal.SIGTERM, self.request_stop)
+        signal.signal(signal.SIGINT, self.request_stop)
+        side = threading.Thread(target=self._side, name="nf-side", daemon=True)
+        side.start()
+        log.info("processing packets on %s", self.describe.get("interface"))
+        try:
+            self.loop.run()
+        finally:
+            self._done.set()
+            side.join(2)
+            if self.reg is not None and self.reg.registered:
+                self._redis(self.reg.deregister)
+            self.state = "stopped"
+            self._write_stats()
+            print(json.dumps(self.stats()), flush=True)
+            log.info("stopped")
+        return 0
+
+    def _redis(self, fn, *args) -> Any:
+        import redis
+
+        try:
+            out = fn(*args)
+        except (redis.exceptions.RedisError, OSError) as e:
+            if self._store_ok:
+                log.warning("registration: state store unreachable (%s)", e)
+            self._store_ok = False
+            return None
+        if not self._store_ok:
+            log.info("registration: state store reachable again")
+        self._store_ok = True
+        return out
+
+    def _side(self) -> None:
+        interval = keys.HEARTBEAT_INTERVAL_MS / 1000
+        next_stats = 0.0
+        deadline = None
+        while not self._done.is_set():
+            now = time.monotonic()
+            if self.reg is not None:
+                self._redis(self.reg.heartbeat)
+            if self.drain_requested.is_set():
+                if deadline is None:
+                    deadline = now + self.drain_grace_s
+                    self.state = "draining"
+                    if self.reg is None:
+                        self.loop.stop.set()
+                    else:
+                        self._redis(self.reg.start_drain)
+                elif self.reg is not None and self.reg.state != "draining":
+                    self._redis(self.reg.start_drain)  # the first attempt failed
+                if self.reg is not None:
+                    slots = self._redis(self.reg.slots)
+                    if slots == 0 or now >= deadline:
+                        why = "no slots left" if slots == 0 else "drain grace over"
+                        log.info("drained (%s)", why)
+                        self.loop.stop.set()
+            if now >= next_stats:
+                next_stats = now + self.stats_interval_s
+                self._write_stats()
+            self._done.wait(interval)
+
+    def _write_stats(self) -> None:
+        stats = self.stats()
+        if self.stats_file:
+            try:
+                d = os.path.dirname(os.path.abspath(self.stats_file))
+                fd, tmp = tempfile.mkstemp(dir=d, prefix=".nfstats")
+                with os.fdopen(fd, "w") as f:
+                    json.dump(stats, f)
+                os.replace(tmp, self.stats_file)
+            except OSError as e:
+                log.debug("cannot write stats file: %s", e)
+        if self.reg is not None and self.reg.registered:
+            self._redis(self.reg.write_stats, stats)

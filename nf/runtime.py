@@ -1,0 +1,292 @@
+"""The packet loop of one NF instance: one interface, one arm, batches.
+
+Frames are read from an AF_PACKET socket, drained without blocking up to the batch size,
+processed together (one store round trip per batch) and written back out of the same
+interface. Only frames the switch steered here are touched: those whose destination MAC
+is someone else's (``PACKET_OTHERHOST``). The instance's own traffic (e.g. to Redis, which
+may share the interface), broadcasts, multicasts and our own transmissions are left to the
+kernel and counted as not steered.
+
+PACKET_MMAP rings and recvmmsg would save a system call per frame, but Python has no
+recvmmsg and walking a ring in Python costs about what the system call does; the per-frame
+cost is dominated by Python itself (see bench/nf.py), so plain non-blocking recv is used.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import select
+import socket
+import struct
+import threading
+from collections import Counter
+from collections.abc import Sequence
+from typing import Any
+
+from nf.base import NetworkFunction
+from nf.packet import NOT_STEERED, parse
+from nf.state import LocalStore, RedisStore, StoreUnavailable
+
+log = logging.getLogger("nfsteer.nf")
+
+ETH_P_ALL = 0x0003
+SOL_PACKET = 263
+PACKET_ADD_MEMBERSHIP = 1
+PACKET_MR_PROMISC = 1
+PACKET_IGNORE_OUTGOING = 23
+PACKET_HOST, PACKET_BROADCAST, PACKET_MULTICAST, PACKET_OTHERHOST, PACKET_OUTGOING = range(5)
+BATCH_BUCKETS = (1, 4, 16, 64, 256)
+
+
+class Counters:
+    """What an operator reads: plain numbers, updated by the packet loop only."""
+
+    def __init__(self) -> None:
+        self.received = 0  # frames read from the interface
+        self.not_steered = 0  # left to the kernel (own MAC, broadcast, ARP, outgoing)
+        self.processed = 0  # steered frames the NF looked at
+        self.sent = 0
+        self.passed_fail_open = 0
+        self.dropped: Counter[str] = Counter()
+        self.batches = 0
+        self.batch_packets = 0
+        self.batch_max = 0
+        self.batch_sizes: Counter[str] = Counter()  # histogram, bucket upper bounds
+        self.store_ops = 0
+
+    def snapshot(self, store: Any = None) -> dict[str, Any]:
+        out = {
+            "received": self.received,
+            "not_steered": self.not_steered,
+            "processed": self.processed,
+            "sent": self.sent,
+            "passed_fail_open": self.passed_fail_open,
+            "dropped": dict(sorted(self.dropped.items())),
+            "dropped_total": sum(self.dropped.values()),
+            "batches": self.batches,
+            "batch_mean": round(self.batch_packets / self.batches, 2) if self.batches else 0,
+            "batch_max": self.batch_max,
+            "batch_sizes": dict(self.batch_sizes),
+            "store_ops": self.store_ops,
+        }
+        if store is not None:
+            out["store_round_trips"] = store.round_trips
+            out["store_errors"] = getattr(store, "errors", 0)
+            out["store_available"] = getattr(store, "available", True)
+        return out
+
+
+def _bucket(n: int) -> str:
+    for b in BATCH_BUCKETS:
+        if n <= b:
+            return f"<={b}"
+    return f">{BATCH_BUCKETS[-1]}"
+
+
+Pending = tuple[list[tuple[bytes, Any]], Any]  # (frames with their packets, store ticket)
+
+
+class Processor:
+    """Batch processing without I/O: frames in, frames out. Used by the packet loop and
+    directly by tests and benchmarks."""
+
+    def __init__(self, nf: NetworkFunction, store: LocalStore | RedisStore, fail_open: bool):
+        self.nf = nf
+        self.store = store
+        self.fail_open = fail_open or nf.fail_open
+        self.counters = Counters()
+
+    def process(self, frames: Sequence[bytes]) -> list[bytes]:
+        """One batch, start to finish (one store round trip)."""
+        out, pending = self.prepare(frames)
+        if pending is not None:
+            out += self.finish(pending)
+        return out
+
+    def prepare(self, frames: Sequence[bytes]) -> tuple[list[bytes], Pending | None]:
+        """Parse a batch and send its state operations to the store without waiting.
+        Returns the frames that need no state (ready to send) and what is pending."""
+        c = self.counters
+        nf = self.nf
+        out: list[bytes] = []
+        pending: list[tuple[bytes, Any]] = []
+        ops = []
+        dropped = c.dropped
+        for frame in frames:
+            pkt = parse(frame)
+            if type(pkt) is str:
+                if pkt is NOT_STEERED:
+                    c.not_steered += 1
+                else:
+                    c.processed += 1
+                    dropped[pkt] += 1
+                continue
+            c.processed += 1
+            try:
+                req = nf.request(pkt)
+            except Exception as e:  # a bug must cost a packet, not the instance
+                dropped["internal_error"] += 1
+                log.debug("request failed: %r", e)
+                continue
+            if req is None:
+                out.append(frame)
+            elif type(req) is str:
+                dropped[req] += 1
+            else:
+                pending.append((frame, pkt))
+                ops.append(req)
+        if not ops:
+            return out, None
+        n = len(ops)
+        c.batches += 1
+        c.batch_packets += n
+        c.store_ops += n
+        if n > c.batch_max:
+            c.batch_max = n
+        c.batch_sizes[_bucket(n)] += 1
+        try:
+            ticket = self.store.submit(nf.script, nf.cfg(), ops)
+        except StoreUnavailable:
+            out += self._unavailable(pending)
+            return out, None
+        return out, (pending, ticket)
+
+    def finish(self, pending: Pending) -> list[bytes]:
+        """Wait for a prepared batch's results and complete its frames."""
+        items, ticket = pending
+        try:
+            results = self.store.collect(ticket)
+        except StoreUnavailable:
+            return self._unavailable(items)
+        nf = self.nf
+        dropped = self.counters.dropped
+        out = []
+        for (frame, pkt), res in zip(items, results, strict=False):
+            try:
+                o = nf.complete(frame, pkt, res)
+            except Exception as e:  # e.g. a corrupt value in the store
+                dropped["internal_error"] += 1
+                log.debug("complete failed: %r", e)
+                continue
+            if type(o) is str:
+                dropped[o] += 1
+            else:
+                out.append(o)
+        return out
+
+    def _unavailable(self, items: list[tuple[bytes, Any]]) -> list[bytes]:
+        if self.fail_open:
+            self.counters.passed_fail_open += len(items)
+            return [f for f, _ in items]
+        self.counters.dropped["store_unavailable"] += len(items)
+        return []
+
+
+def open_socket(interface: str, rcvbuf: int = 4 << 20) -> socket.socket:
+    """A non-blocking AF_PACKET socket on ``interface`` that sees frames for other MACs."""
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
+    with contextlib.suppress(OSError):  # Linux >= 4.20; the packet type is checked anyway
+        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
+    for opt in (33, socket.SO_RCVBUF):  # SO_RCVBUFFORCE (root) first, then the capped one
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
+            break
+        except OSError:
+            continue
+    sock.bind((interface, ETH_P_ALL))
+    ifindex = socket.if_nametoindex(interface)
+    # Promiscuous for the socket's lifetime only (undone by the kernel when it closes).
+    mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
+    sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
+    sock.setblocking(False)
+    return sock
+
+
+class PacketLoop:
+    """Receive a batch, process it, send the results; until ``stop`` is set."""
+
+    def __init__(self, processor: Processor, sock: socket.socket, batch: int = 64):
+        self.p = processor
+        self.sock = sock
+        self.batch = max(1, batch)
+        self.stop = threading.Event()
+
+    def run(self) -> None:
+        """Two batches in flight: while the store works on batch k, batch k+1 is read,
+        parsed and sent to it; then batch k's results are completed and sent. The store's
+        time overlaps the NF's own work instead of adding to it; a batch never waits for
+        the next one to arrive."""
+        sock = self.sock
+        c = self.p.counters
+        recv = sock.recvfrom
+        batch = self.batch
+        prepare, finish = self.p.prepare, self.p.finish
+        stop = self.stop
+        previous = None
+        while not stop.is_set():
+            frames = []
+            while len(frames) < batch:
+                try:
+                    data, addr = recv(65535)
+                except (BlockingIOError, InterruptedError):
+                    break
+                c.received += 1
+                if addr[2] != PACKET_OTHERHOST:
+                    c.not_steered += 1
+                    continue
+                frames.append(data)
+            current = None
+            if frames:
+                ready, current = prepare(frames)
+                if ready:
+                    self._send(ready)
+            if previous is not None:
+                self._send(finish(previous))
+            previous = current
+            if not frames and previous is None:
+                with contextlib.suppress(InterruptedError):
+                    select.select([sock], [], [], 0.05)
+        if previous is not None:
+            self._send(finish(previous))
+
+    def _send(self, frames: list[bytes]) -> None:
+        c = self.p.counters
+        send = self.sock.send
+        for f in frames:
+            try:
+                send(f)
+                c.sent += 1
+            except BlockingIOError:
+                if self._wait_writable():
+                    try:
+                        send(f)
+                        c.sent += 1
+                        continue
+                    except OSError:
+                        pass
+                c.dropped["send_failed"] += 1
+            except OSError:
+                c.dropped["send_failed"] += 1
+
+    def _wait_writable(self) -> bool:
+        try:
+            return bool(select.select([], [self.sock], [], 0.01)[1])
+        except OSError:
+            return False
+
+
+def interface_addresses(interface: str) -> tuple[str, str]:
+    """(MAC, IPv4 address or "") of an interface."""
+    import fcntl
+
+    with open(f"/sys/class/net/{interface}/address") as f:
+        mac = f.read().strip()
+    ip = ""
+    with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+        try:
+            req = struct.pack("256s", interface.encode()[:15])
+            ip = socket.inet_ntoa(fcntl.ioctl(s.fileno(), 0x8915, req)[20:24])  # SIOCGIFADDR
+        except OSError:
+            pass
+    return mac, ip
