@@ -57,6 +57,7 @@ from nf.config import NFSettings, settings_for_kind
 MAX_PORT = 0xFFFFFEFF  # OFPP_MAX: higher numbers are reserved OpenFlow ports
 NAME_RE = re.compile(r"^[A-Za-z][A-Za-z0-9_-]{0,9}$")  # short: Mininet derives intf names
 MAX_PORT_COMBINATIONS = 256
+VIRTUAL_MAC_PREFIX = "0e:00:"  # reserved for the MACs of virtual addresses (VIPs, NAT)
 MAC_RE = re.compile(r"^[0-9a-f]{2}(:[0-9a-f]{2}){5}$")
 
 
@@ -85,7 +86,16 @@ def _mac(value: str) -> str:
         raise ValueError(f"{value!r} is not a MAC address like 02:00:00:00:00:01")
     if int(v[:2], 16) & 1:
         raise ValueError(f"{value!r} is a multicast MAC address")
+    if v.startswith(VIRTUAL_MAC_PREFIX):
+        raise ValueError(f"{value!r}: MACs starting {VIRTUAL_MAC_PREFIX} are reserved for VIPs")
     return v
+
+
+def virtual_mac(ip: str) -> str:
+    """The MAC switches answer ARP with for virtual address ``ip``: 0e:00 followed by the
+    four bytes of the address (10.0.0.100 -> 0e:00:0a:00:00:64). Stable, distinct for every
+    IPv4 address, unicast and locally administered (0x0e has bit 0 clear and bit 1 set)."""
+    return VIRTUAL_MAC_PREFIX + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
 
 
 def _interface(value: str) -> str:
@@ -259,11 +269,27 @@ class Topology(Strict):
             out.update(pool.instances)
         return out
 
+    def virtual_addresses(self) -> list[str]:
+        """Addresses served by a pool rather than a host: LB VIPs and NAT public addresses."""
+        out: set[str] = set()
+        for pool in self.pools.values():
+            out.update(_pool_virtual_addresses(pool))
+        return sorted(out, key=ipaddress.IPv4Address)
+
     def switch_by_dpid(self, dpid: int) -> str | None:
         for name, sw in self.switches.items():
             if sw.dpid == dpid:
                 return name
         return None
+
+
+def _pool_virtual_addresses(pool: Pool) -> list[str]:
+    settings = pool.settings
+    if pool.kind == "lb":
+        return [v.vip for v in settings.vips]  # type: ignore[union-attr]
+    if pool.kind == "nat" and settings.public_ip:  # type: ignore[union-attr]
+        return [settings.public_ip]  # type: ignore[union-attr]
+    return []
 
 
 def _cross_checks(t: Topology) -> Iterable[str]:
@@ -315,6 +341,11 @@ def _cross_checks(t: Topology) -> Iterable[str]:
         if att.ip_address in ips:
             yield f"{where}.ip: {att.ip_address} is also the address of {ips[att.ip_address]}"
         ips.setdefault(att.ip_address, where)
+
+    for pname, pool in t.pools.items():
+        for vip in _pool_virtual_addresses(pool):
+            if vip in ips:
+                yield f"pools.{pname}.nf: virtual address {vip} is also the address of {ips[vip]}"
 
     for sname, svc in t.services.items():
         if svc.pool not in t.pools:

@@ -16,7 +16,10 @@ Pipeline (OpenFlow 1.3, one switch)::
     500   vlan_vid=<instance VID>  -> pop_vlan, output:<instance port> (at its switch)
                                    -> output:<port towards its switch> (elsewhere)
     400   any other VLAN tag       -> drop
+    350   arp request, arp_tpa=<virtual ip> (edge switches)
+                                   -> turned into the reply from <its VMAC>, output:IN_PORT
     300   arp, arp_tpa=<ip>        -> output towards the owner of ip
+    200   ip, ipv4_dst=<virtual ip> (edge switches) -> drop (it was not classified)
     200   ip, ipv4_dst=<ip>        -> set eth_dst:<its MAC>, output towards it
     100   eth_dst=<mac>            -> output towards it
 
@@ -25,6 +28,14 @@ instance on another switch is reached by pushing a VLAN tag whose VID names the 
 and sending the packet towards that switch, so the packet's own addresses are kept; the
 instance's switch pops the tag. The multipath action hashes the symmetric 5-tuple, so both
 directions of a connection land in the same slot.
+
+Virtual addresses (a load balancer's VIPs, a NAT pool's public address) belong to no host
+or instance. Each edge switch answers ARP for them itself, with no packet-in, so hosts can
+resolve them even while the controller is away; the answer is the address's virtual MAC
+(:func:`virtual_mac`). IPv4 traffic to them is for a pool: it is steered by a service in
+table 0, and whatever reaches the forwarding table unclassified is dropped, never flooded.
+Once an NF has translated the destination (VIP -> backend, public -> inside host) the
+packet is forwarded by its new ipv4_dst like any other.
 
 A switch's table is a dict keyed by (table, priority, match); each entry's cookie is a
 stable hash of its whole content. :func:`diff` turns (what the switch holds, what it should
@@ -47,7 +58,7 @@ from functools import cached_property
 from typing import Any
 
 from controller.config import Match as MatchSpec
-from controller.config import Topology
+from controller.config import Topology, virtual_mac
 from controller.hashing import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS
 from controller.state import InstanceInfo, Steering
 from controller.topology import Routes, fabric_ports
@@ -67,11 +78,14 @@ PRIO_SERVICE_BASE = 1000
 PRIO_DEFAULT = 0
 PRIO_SLOT = 100
 PRIO_VID, PRIO_VID_DROP, PRIO_ARP, PRIO_IP, PRIO_L2 = 500, 400, 300, 200, 100
+PRIO_VIRTUAL_ARP = 350
+OFPP_IN_PORT = 0xFFFF_FFF8  # OpenFlow's reserved port: send back where the packet came from
+ARP_REQUEST, ARP_REPLY = 1, 2
 
 # A match is a sorted tuple of (OXM field name as os-ken spells it, value); a masked value
 # is (value, mask). IPv4 values are dotted strings, MACs lower-case strings, others ints.
 MatchT = tuple[tuple[str, Any], ...]
-Action = tuple[Any, ...]
+Action = tuple[Any, ...]  # ("output", port) ("set_field", name, value) ("move", src, dst, bits)...
 Instruction = tuple[Any, ...]
 FlowKey = tuple[int, int, MatchT]
 
@@ -213,6 +227,27 @@ def instance_vids(steering: Steering) -> dict[tuple[str, str], int]:
         if n not in steering.topology.pools[p].instances
     )
     return {key: vid for vid, key in enumerate(listed + extra, start=1) if vid <= MAX_VID}
+
+
+# -- virtual addresses ------------------------------------------------------------------------
+
+
+def arp_responder(ip: str) -> Flow:
+    """An ARP request for ``ip`` becomes, in the switch, the reply from its virtual MAC and
+    goes back out the port it came in on."""
+    mac = virtual_mac(ip)
+    actions = (
+        ("move", "eth_src", "eth_dst", 48),
+        ("set_field", "eth_src", mac),
+        ("set_field", "arp_op", ARP_REPLY),
+        ("move", "arp_sha", "arp_tha", 48),
+        ("move", "arp_spa", "arp_tpa", 32),
+        ("set_field", "arp_sha", mac),
+        ("set_field", "arp_spa", ip),
+        ("output", OFPP_IN_PORT),
+    )
+    m = make_match(eth_type=ETH_ARP, arp_op=ARP_REQUEST, arp_tpa=ip)
+    return Flow(T_FORWARD, PRIO_VIRTUAL_ARP, m, (("apply", actions),))
 
 
 # -- desired table ----------------------------------------------------------------------------
@@ -411,7 +446,8 @@ def desired_table(steering: Steering, switch: str, routes: Routes) -> SwitchTabl
     table.add(
         Flow(T_FORWARD, PRIO_VID_DROP, make_match(vlan_vid=(OFPVID_PRESENT, OFPVID_PRESENT)), ())
     )
-    for att in _attachments(steering):
+    attachments = _attachments(steering)
+    for att in attachments:
         port = _towards(switch, att.switch, att.port, routes)
         if port is None:
             continue
@@ -428,6 +464,15 @@ def desired_table(steering: Steering, switch: str, routes: Routes) -> SwitchTabl
             table.flows.setdefault(
                 (T_FORWARD, prio, m), Flow(T_FORWARD, prio, m, (("apply", acts),))
             )
+
+    # Virtual addresses, where traffic enters the network. An address that some host or
+    # instance does own (topology checks reject that) is left to its owner.
+    owned = {att.ip for att in attachments}
+    for ip in topo.virtual_addresses() if edge else ():
+        if ip in owned:
+            continue
+        table.add(arp_responder(ip))
+        table.add(Flow(T_FORWARD, PRIO_IP, make_match(eth_type=ETH_IPV4, ipv4_dst=ip), ()))
     return table
 
 

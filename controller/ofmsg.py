@@ -30,6 +30,9 @@ def _actions(parser: Any, actions: Iterable[fl.Action]) -> list[Any]:
             out.append(parser.OFPActionSetField(**{act[1]: act[2]}))
         elif kind == "group":
             out.append(parser.OFPActionGroup(act[1]))
+        elif kind == "move":
+            _, src, dst, n_bits = act
+            out.append(parser.NXActionRegMove(src_field=src, dst_field=dst, n_bits=n_bits))
         elif kind == "multipath":
             _, fields, basis, algorithm, max_link, arg, dst, start, end = act
             out.append(
@@ -64,6 +67,8 @@ def parse_actions(actions: Iterable[Any]) -> tuple[fl.Action, ...]:
             out.append(("set_field", a.key, value))
         elif name == "OFPActionGroup":
             out.append(("group", a.group_id))
+        elif name == "NXActionRegMove" and a.src_ofs == 0 and a.dst_ofs == 0:
+            out.append(("move", a.src_field, a.dst_field, a.n_bits))
         elif name == "NXActionMultipath":
             start = a.ofs_nbits >> 6
             end = start + (a.ofs_nbits & 0x3F)

@@ -19,6 +19,8 @@ from controller import flows as fl
 from controller.hashing import FiveTuple, flow_hash, slot_of
 
 OFPVID_PRESENT = 0x1000
+_ARP_FIELDS = {"arp_op": 16, "arp_sha": 48, "arp_spa": 32, "arp_tha": 48, "arp_tpa": 32}
+_FIELD_BITS = {"eth_src": 48, "eth_dst": 48, "ipv4_src": 32, "ipv4_dst": 32, **_ARP_FIELDS}
 
 
 @dataclass
@@ -32,6 +34,10 @@ class Packet:
     ip_proto: int | None = None
     sport: int | None = None
     dport: int | None = None
+    arp_op: int | None = None
+    arp_sha: str | None = None
+    arp_spa: str | None = None
+    arp_tha: str | None = None
     arp_tpa: str | None = None
 
     @classmethod
@@ -40,6 +46,13 @@ class Packet:
 
     @classmethod
     def arp(cls, tpa: str, **kw: Any) -> Packet:
+        """An ARP request for ``tpa`` unless ``arp_op`` says otherwise; the sender MAC
+        defaults to the Ethernet source."""
+        kw.setdefault("arp_op", fl.ARP_REQUEST)
+        kw.setdefault("eth_src", cls.eth_src)
+        kw.setdefault("arp_sha", kw["eth_src"])
+        kw.setdefault("arp_spa", "10.0.0.99")
+        kw.setdefault("arp_tha", "00:00:00:00:00:00")
         return cls(eth_type=fl.ETH_ARP, arp_tpa=tpa, **kw)
 
     def five_tuple(self) -> FiveTuple:
@@ -60,8 +73,8 @@ class Packet:
             return regs[name]
         if name == "eth_type":
             return self.eth_type
-        if name == "eth_dst":
-            return self.eth_dst
+        if name in ("eth_src", "eth_dst"):
+            return getattr(self, name)
         if name == "vlan_vid":
             return OFPVID_PRESENT | self.vlan if self.vlan is not None else 0
         if name == "ip_proto":
@@ -70,8 +83,8 @@ class Packet:
             return self.ipv4_src if ip else None
         if name == "ipv4_dst":
             return self.ipv4_dst if ip else None
-        if name == "arp_tpa":
-            return self.arp_tpa if self.eth_type == fl.ETH_ARP else None
+        if name in _ARP_FIELDS:
+            return getattr(self, name) if self.eth_type == fl.ETH_ARP else None
         for proto, l4 in ((6, "tcp"), (17, "udp")):
             if name == f"{l4}_src":
                 return self.sport if ip and self.ip_proto == proto else None
@@ -189,7 +202,9 @@ class FakeSwitch:
         for act in actions:
             kind = act[0]
             if kind == "output":
-                if act[1] != in_port:  # OpenFlow never sends a packet back where it came from
+                if act[1] == fl.OFPP_IN_PORT:
+                    out.append((in_port, copy.copy(pkt)))
+                elif act[1] != in_port:  # only IN_PORT sends a packet back where it came from
                     out.append((act[1], copy.copy(pkt)))
             elif kind == "push_vlan":
                 pkt = replace(pkt, vlan=0)
@@ -200,6 +215,13 @@ class FakeSwitch:
                     pkt = replace(pkt, vlan=act[2] & 0xFFF)
                 else:
                     pkt = replace(pkt, **{act[1]: act[2]})
+            elif kind == "move":
+                _, src, dst, n_bits = act
+                # whole fields only, as flows.py moves them
+                assert _FIELD_BITS[src] == _FIELD_BITS[dst] == n_bits, act
+                if pkt.field(src, regs, in_port) is None or pkt.field(dst, regs, in_port) is None:
+                    raise AssertionError(f"{act!r} on a packet without those fields")
+                pkt = replace(pkt, **{dst: getattr(pkt, src)})
             elif kind == "multipath":
                 _, _fields, basis, _alg, max_link, _arg, dst, start, _end = act
                 assert dst == "reg0" and start == 0

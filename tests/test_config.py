@@ -287,3 +287,22 @@ def test_host_address_must_not_be_network_or_broadcast(ip):
 
 def test_empty_ingress_is_rejected():
     errors_of(_set(base(), "services.web.match.0.ingress", []))
+
+
+def test_reserved_virtual_mac_range_is_rejected():
+    msg = errors_of(_set(base(), "hosts.c1.mac", "0e:00:0a:00:00:64"))
+    assert "hosts.c1.mac" in msg and "reserved" in msg
+
+
+def test_virtual_address_owned_by_a_host_is_rejected():
+    data = base()
+    data["pools"]["lb"] = {
+        "kind": "lb",
+        "nf": {
+            "vips": [
+                {"vip": "10.0.0.129", "port": 80, "backends": [{"ip": "10.0.0.130", "port": 80}]}
+            ]
+        },
+    }
+    msg = errors_of(data)
+    assert "pools.lb.nf" in msg and "10.0.0.129" in msg and "hosts.sv1" in msg

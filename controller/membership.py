@@ -1,0 +1,699 @@
+"""Pool membership: NF registrations, heartbeat liveness, drain timers, persistence.
+
+The controller side of the registration contract in ``controller/keys.py``:
+
+- a pub/sub listener on ``nfsteer:{*}:events`` reacts at once to ``register``, ``update``,
+  ``drain`` and ``deregister`` messages;
+- a sync loop polls the heartbeat keys of every registered instance in one pipeline every
+  ``POLL_INTERVAL_S`` and fails an instance whose heartbeat key has expired or whose
+  heartbeat has not changed for ``heartbeat_ttl_ms``; it rejoins one whose heartbeat
+  returns. Failure is therefore detected at most TTL + poll interval after the last
+  heartbeat (500 + 50 ms by default);
+- every ``SCAN_INTERVAL_S`` it compares all registrations with the pool state, a backstop
+  for missed messages (and how registrations made while Redis was unreachable are found);
+- it saves every changed pool to Redis (listener on the app), writes the whole state back
+  when Redis returns, and restores registrations that an emptied Redis lost.
+
+Every decision is a mutation run through ``app.apply``, which re-checks the state under the
+app lock, so the event thread and the sync loop can race without doing anything twice.
+While Redis is unreachable nothing is failed for a missing heartbeat: the switch keeps its
+flows (fail-static) and port-status failover keeps working from memory.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import threading
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+
+import redis
+
+from controller import keys
+from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
+from controller.store import PoolSnapshot, Store, StoreUnavailable
+
+log = logging.getLogger("nfsteer.membership")
+
+POLL_INTERVAL_S = 0.05
+SCAN_INTERVAL_S = 1.0
+MAX_BACKOFF_S = 1.0
+LIVE = (InstanceState.ACTIVE, InstanceState.DRAINING)
+
+Member = tuple[str, str]  # (pool, instance name)
+
+
+# --- pure logic -----------------------------------------------------------------------
+
+
+@dataclass
+class Liveness:
+    """Heartbeat bookkeeping. Pure: the time is an argument.
+
+    A heartbeat counts as fresh when the key's value changed or its TTL was renewed since
+    the last poll. An instance is dead when its key is gone (the NF's own TTL expired) or
+    when nothing fresh was seen for ``ttl_s``. Right after start and after Redis returns,
+    a missing key is tolerated for one TTL (an emptied Redis has no heartbeat keys until
+    the NFs' next beat).
+    """
+
+    ttl_s: float
+    grace_until: float = 0.0
+    seen: dict[Member, tuple[Any, int, float]] = field(default_factory=dict)
+
+    def observe(self, member: Member, value: Any, pttl: int | None, now: float) -> bool:
+        """Record one poll result; return whether the instance is alive."""
+        if value is None:
+            self.seen.pop(member, None)
+            return now < self.grace_until
+        pttl = -1 if pttl is None else int(pttl)
+        prev = self.seen.get(member)
+        if prev is None or prev[0] != value or pttl > prev[1]:
+            self.seen[member] = (value, pttl, now)
+            return True
+        self.seen[member] = (value, pttl, prev[2])
+        return now - prev[2] <= self.ttl_s
+
+    def fresh(self, member: Member, now: float) -> None:
+        """A registration message counts as a heartbeat."""
+        value, pttl, _ = self.seen.get(member, ("register", -1, now))
+        self.seen[member] = (value, pttl, now)
+
+    def restart(self, now: float) -> None:
+        """Start (or Redis back): give every instance one TTL to show its heartbeat."""
+        self.grace_until = now + self.ttl_s
+        self.seen = {m: (v, p, now) for m, (v, p, _) in self.seen.items()}
+
+
+def parse_registration(
+    steering: Steering, pool: str, name: str, reg: Mapping[str, str]
+) -> InstanceInfo:
+    """The InstanceInfo a registration asks for. The attachment point comes from the
+    topology (instance listed under its pool) or from an instance added through the API;
+    raises ValueError when the instance cannot be placed or a field is invalid."""
+    topo_pool = steering.topology.pools.get(pool)
+    if topo_pool is None:
+        raise ValueError(f"pool {pool!r} is not in the topology")
+    if reg.get("kind") and reg["kind"] != topo_pool.kind:
+        raise ValueError(f"kind {reg['kind']!r} does not match pool kind {topo_pool.kind!r}")
+    listed = topo_pool.instances.get(name)
+    known = steering.pools[pool].instances.get(name)
+    if listed is not None:
+        switch, port, mac, ip = listed.switch, listed.port, listed.mac, listed.ip_address
+        capacity = float(listed.capacity)
+    elif known is not None and known.located:  # added through the API
+        switch, port, mac, ip = known.switch, known.port, known.mac, known.ip
+        capacity = known.capacity
+    else:
+        raise ValueError(
+            "not listed under its pool in the topology (add it through the API with an "
+            "explicit switch and port)"
+        )
+    if reg.get("capacity"):
+        try:
+            capacity = float(reg["capacity"])
+        except ValueError:
+            raise ValueError(f"capacity {reg['capacity']!r} is not a number") from None
+    for what, mine, theirs in (("MAC", mac, reg.get("mac")), ("IP", ip, reg.get("ip"))):
+        if theirs and theirs.split("/")[0].lower() != mine.lower():
+            log.warning(
+                "%s/%s registers %s %s, the topology says %s: using the topology",
+                pool,
+                name,
+                what,
+                theirs,
+                mine,
+            )
+    return InstanceInfo(
+        name=name,
+        pool=pool,
+        mac=mac,
+        ip=ip,
+        switch=switch,
+        port=port,
+        capacity=capacity,
+        state=InstanceState.ACTIVE,
+    )
+
+
+# --- mutations (run by app.apply under the app lock; each re-checks the state) --------
+
+
+def _join(info: InstanceInfo, now: float) -> Callable[[Steering], list[PoolChange]]:
+    def mutate(s: Steering) -> list[PoolChange]:
+        cur = s.pools[info.pool].instances.get(info.name)
+        if (
+            cur is not None
+            and cur.state is InstanceState.ACTIVE
+            and (cur.switch, cur.port, cur.capacity) == (info.switch, info.port, info.capacity)
+        ):
+            return []
+        info.last_heartbeat = now
+        return [s.add_instance(info, now)]
+
+    return mutate
+
+
+def _set_state(
+    pool: str, name: str, state: InstanceState, now: float, only_from: tuple[InstanceState, ...]
+) -> Callable[[Steering], list[PoolChange]]:
+    def mutate(s: Steering) -> list[PoolChange]:
+        cur = s.pools[pool].instances.get(name)
+        if cur is None or cur.state not in only_from:
+            return []
+        # An NF that drains itself is not forced: while it is the last active instance it
+        # keeps its traffic until it deregisters (or its grace period ends).
+        return [s.set_state(pool, name, state, now, force=state is not InstanceState.DRAINING)]
+
+    return mutate
+
+
+def _set_capacity(pool: str, name: str, capacity: float, now: float):
+    def mutate(s: Steering) -> list[PoolChange]:
+        cur = s.pools[pool].instances.get(name)
+        if cur is None or cur.capacity == capacity:
+            return []
+        return [s.set_capacity(pool, name, capacity, now)]
+
+    return mutate
+
+
+def _remove(pool: str, name: str, now: float, only_from: tuple[InstanceState, ...] | None = None):
+    def mutate(s: Steering) -> list[PoolChange]:
+        cur = s.pools[pool].instances.get(name)
+        if cur is None or (only_from is not None and cur.state not in only_from):
+            return []
+        return [s.remove_instance(pool, name, now)]
+
+    return mutate
+
+
+def app_lock(app: Any) -> Any:
+    """The lock under which the app mutates its Steering."""
+    return app._lock
+
+
+# --- the running part -----------------------------------------------------------------
+
+
+class Membership:
+    """Watches registrations and heartbeats of one app's pools and keeps Redis in sync."""
+
+    def __init__(
+        self,
+        app: Any,
+        store: Store,
+        *,
+        heartbeat_ttl_s: float | None = None,
+        poll_interval_s: float = POLL_INTERVAL_S,
+        scan_interval_s: float = SCAN_INTERVAL_S,
+        drain_grace_s: float = keys.DRAIN_GRACE_S,
+    ):
+        self.app = app
+        self.store = store
+        ttl_ms = heartbeat_ttl_s * 1000 if heartbeat_ttl_s else app.options.heartbeat_ttl_ms
+        self.liveness = Liveness(ttl_s=ttl_ms / 1000)
+        self.poll_interval_s = poll_interval_s
+        self.scan_interval_s = scan_interval_s
+        self.drain_grace_s = drain_grace_s
+        self.pools = list(app.steering.pools)
+        # How each instance joined: "topology", "registered" or "api". Saved with the state.
+        self.sources: dict[Member, str] = {
+            (p, n): "topology" for p, ps in app.steering.pools.items() for n in ps.instances
+        }
+        self.registrations: dict[Member, dict[str, str]] = {}  # last registration hash seen
+        self.last_results: dict[Member, tuple[str, Any]] = {}  # (reason, ApplyResult)
+        self.heartbeat_failures = 0
+        self.restored = False  # state was loaded from Redis (or Redis was empty)
+        self._lock = threading.Lock()
+        self._dirty: dict[str, PoolSnapshot] = {}
+        self._states: dict[Member, InstanceState] = {}
+        self._drain_deadline: dict[Member, float] = {}
+        self._ignored: set[Member] = set()
+        self._empty_pools: set[str] = set()
+        self._saved: set[str] = set()  # pools written to Redis at least once
+        self._wake = threading.Event()
+        self._stop = threading.Event()
+        self._threads: list[threading.Thread] = []
+        self._pubsub: redis.client.PubSub | None = None
+        self._remember_states()
+
+    # -- lifecycle ------------------------------------------------------------------------
+
+    def restore(self) -> bool:
+        """Load every pool's saved state into the app (before switches are programmed).
+        Returns False when Redis is unreachable (the sync loop will reconcile later)."""
+        steering: Steering = self.app.steering
+        try:
+            for pool in self.pools:
+                stored = self.store.load_pool(pool)
+                if stored is None:
+                    continue
+                self._restore_one(steering, stored)
+        except StoreUnavailable:
+            return False
+        except ValueError as e:
+            log.warning("ignoring saved state: %s", e)
+        self.restored = True
+        self._remember_states()
+        with self._lock:  # a drain that was under way goes on, with a fresh grace period
+            deadline = time.monotonic() + self.drain_grace_s
+            for member, state in self._states.items():
+                if state is InstanceState.DRAINING:
+                    self._drain_deadline[member] = deadline
+        self.mark_all_dirty()  # every pool is in Redis from the start
+        return True
+
+    def _restore_one(self, steering: Steering, stored) -> None:
+        topo = steering.topology.pools[stored.name]
+        if (stored.kind, stored.n_slots, stored.basis) != (topo.kind, topo.slots, topo.basis):
+            log.warning(
+                "pool %s: saved state is for kind=%s slots=%d basis=%d, the topology says "
+                "kind=%s slots=%d basis=%d: starting from the topology",
+                stored.name,
+                stored.kind,
+                stored.n_slots,
+                stored.basis,
+                topo.kind,
+                topo.slots,
+                topo.basis,
+            )
+            return
+        instances = dict(stored.instances)
+        for name, info in instances.items():
+            listed = topo.instances.get(name)
+            if listed is not None:  # the topology file is the authority on attachment
+                info.switch, info.port = listed.switch, listed.port
+                info.mac, info.ip = listed.mac, listed.ip_address
+        for name in topo.instances:  # listed since the state was saved
+            if name not in instances:
+                instances[name] = steering.pools[stored.name].instances[name]
+        try:
+            steering.restore_pool(stored.name, instances, stored.assignment, stored.epoch)
+        except SteeringError as e:
+            log.warning("pool %s: cannot restore saved state (%s): starting fresh", stored.name, e)
+            return
+        for name, source in stored.sources.items():
+            self.sources[(stored.name, name)] = source
+        log.info(
+            "pool %s: restored epoch %d with %d instances from redis",
+            stored.name,
+            stored.epoch,
+            len(instances),
+        )
+
+    def start(self) -> None:
+        self.liveness.restart(time.monotonic())
+        for target, name in ((self._events_loop, "events"), (self._sync_loop, "sync")):
+            t = threading.Thread(target=target, name=f"nfsteer-membership-{name}", daemon=True)
+            t.start()
+            self._threads.append(t)
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._wake.set()
+        for t in self._threads:
+            t.join(timeout=3)
+        self._threads.clear()
+
+    # -- listener: called by the app after every applied change ---------------------------
+
+    def on_change(self, changes: list[PoolChange], reason: str) -> None:
+        """Snapshot changed pools for saving; track state transitions. Must not block."""
+        steering: Steering = self.app.steering
+        now = time.monotonic()
+        # Under the app lock: a mutation running in another thread swaps a pool's
+        # instances and assignment one after the other, and the snapshot must not mix them.
+        with app_lock(self.app), self._lock:
+            for pool in {c.pool for c in changes}:
+                ps = steering.pools[pool]
+                self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
+                self._transitions(pool, ps.instances, reason, now)
+        self._wake.set()
+
+    def _sources_of(self, pool: str) -> dict[str, str]:
+        return {n: s for (p, n), s in self.sources.items() if p == pool}
+
+    def _transitions(self, pool: str, instances: Mapping[str, InstanceInfo], reason: str, now):
+        for name, info in instances.items():
+            before = self._states.get((pool, name))
+            if before is not info.state:
+                log.info("%s/%s: %s -> %s (%s)", pool, name, before or "new", info.state, reason)
+                if info.state is InstanceState.DRAINING:
+                    self._drain_deadline[(pool, name)] = now + self.drain_grace_s
+                else:
+                    self._drain_deadline.pop((pool, name), None)
+            self._states[(pool, name)] = info.state
+        for member in [m for m in self._states if m[0] == pool and m[1] not in instances]:
+            log.info("%s/%s: removed (%s)", pool, member[1], reason)
+            del self._states[member]
+            self._drain_deadline.pop(member, None)
+        active = any(i.state is InstanceState.ACTIVE and i.located for i in instances.values())
+        if not active and pool not in self._empty_pools:
+            self._empty_pools.add(pool)
+            log.warning("pool %s has no active instance: its service traffic is dropped", pool)
+        elif active and pool in self._empty_pools:
+            self._empty_pools.discard(pool)
+            log.info("pool %s has an active instance: serving its traffic", pool)
+
+    def _remember_states(self) -> None:
+        with self._lock:
+            self._states = {
+                (p, n): i.state
+                for p, ps in self.app.steering.pools.items()
+                for n, i in ps.instances.items()
+            }
+            self._empty_pools = {
+                p
+                for p, ps in self.app.steering.pools.items()
+                if ps.instances and not ps.active_capacities()
+            }
+
+    def mark_all_dirty(self) -> None:
+        with app_lock(self.app), self._lock:
+            for pool, ps in self.app.steering.pools.items():
+                self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
+        self._wake.set()
+
+    def pools_without_active(self) -> set[str]:
+        with self._lock:
+            return set(self._empty_pools)
+
+    # -- applying decisions ---------------------------------------------------------------
+
+    def _apply(self, member: Member, mutation, reason: str) -> None:
+        try:
+            result = self.app.apply(mutation, reason)
+        except SteeringError as e:
+            log.warning("%s/%s: %s: %s", member[0], member[1], reason, e)
+            return
+        if result.changes:
+            self.last_results[member] = (reason, result)
+
+    def reconcile_member(self, pool: str, name: str, reason: str) -> None:
+        """Bring one instance in line with its registration (raises StoreUnavailable)."""
+        member = (pool, name)
+        reg = self.store.registration(pool, name)
+        if reg:
+            self.registrations[member] = reg
+        self._decide(member, reg, alive=None, reason=reason)
+
+    def _decide(self, member: Member, reg: Mapping[str, str] | None, alive, reason: str):
+        pool, name = member
+        steering: Steering = self.app.steering
+        cur = steering.pools[pool].instances.get(name)
+        source = self.sources.get(member)
+        now = time.time()
+        if not reg:
+            self.registrations.pop(member, None)
+            if cur is not None and source == "registered":
+                self._apply(member, _remove(pool, name, now), f"{reason}: deregistered")
+            return
+        if reg.get("state") == InstanceState.DRAINING:
+            if source != "registered" or cur is None or cur.state is not InstanceState.ACTIVE:
+                return  # retired, taken over through the API, or not serving
+            self._apply(
+                member,
+                _set_state(pool, name, InstanceState.DRAINING, now, (InstanceState.ACTIVE,)),
+                f"{reason}: drain",
+            )
+            return
+        if alive is None:  # a message from the NF: its registration is fresh
+            self.liveness.fresh(member, time.monotonic())
+            alive = True
+        if not alive:
+            return  # the heartbeat poll fails it
+        if self._port_down(cur):
+            return  # port status decides; it rejoins when the port is back up
+        try:
+            info = parse_registration(steering, pool, name, reg)
+        except ValueError as e:
+            if member not in self._ignored:
+                self._ignored.add(member)
+                log.warning("ignoring registration of %s/%s: %s", pool, name, e)
+            return
+        self._ignored.discard(member)
+        self.sources[member] = "registered"  # from now on its heartbeat decides
+        if cur is not None and cur.state is InstanceState.DRAINING:
+            return  # draining continues until it deregisters or the grace period ends
+        if cur is not None and cur.state is InstanceState.ACTIVE:
+            if cur.capacity != info.capacity:
+                self._apply(
+                    member, _set_capacity(pool, name, info.capacity, now), f"{reason}: capacity"
+                )
+            return
+        self._apply(member, _join(info, now), f"{reason}: join")
+
+    def _port_down(self, info: InstanceInfo | None) -> bool:
+        """The instance's switch port is known to be down (unknown counts as up)."""
+        if info is None or not info.located:
+            return False
+        return self.app.switch_ports.get(info.switch, {}).get(info.port) is False
+
+    # -- the pub/sub thread -----------------------------------------------------------------
+
+    def _events_loop(self) -> None:
+        backoff = POLL_INTERVAL_S
+        while not self._stop.is_set():
+            try:
+                pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = pubsub
+                pubsub.psubscribe(keys.events_pattern())
+                backoff = POLL_INTERVAL_S
+                while not self._stop.is_set():
+                    msg = pubsub.get_message(timeout=0.2)
+                    if msg is not None:
+                        self._on_message(msg)
+            except (redis.ConnectionError, redis.TimeoutError, OSError, StoreUnavailable):
+                self._stop.wait(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            except Exception:  # a bug must not end membership: log it and carry on
+                log.exception("event handling failed")
+                self._stop.wait(backoff)
+            finally:
+                with contextlib.suppress(Exception):
+                    self._pubsub.close()  # type: ignore[union-attr]
+
+    def _on_message(self, msg: Mapping[str, Any]) -> None:
+        channel, data = msg.get("channel"), msg.get("data")
+        if not isinstance(channel, str) or not isinstance(data, str):
+            return
+        pool = channel.removeprefix(f"{keys.PREFIX}:{{").removesuffix("}:events")
+        verb, _, name = data.partition(" ")
+        if pool not in self.app.steering.pools:
+            return
+        if verb not in ("register", "update", "drain", "deregister") or not name:
+            log.warning("ignoring malformed event %r on %s", data, channel)
+            return
+        self.reconcile_member(pool, name, verb)
+
+    # -- the sync thread --------------------------------------------------------------------
+
+    def _sync_loop(self) -> None:
+        next_poll = next_scan = 0.0
+        backoff = POLL_INTERVAL_S
+        was_up = self.restored
+        while not self._stop.is_set():
+            now = time.monotonic()
+            try:
+                self._revive_ports()  # needs no Redis
+                if not was_up:
+                    if not self.store.ping():
+                        raise StoreUnavailable("ping failed")
+                    self._recovered()
+                    was_up = True
+                    next_scan = 0.0
+                self._flush()
+                if now >= next_poll:
+                    self._poll_heartbeats()
+                    next_poll = now + self.poll_interval_s
+                if now >= next_scan:
+                    self.scan()
+                    next_scan = now + self.scan_interval_s
+                self._expire_drains(now)
+                backoff = POLL_INTERVAL_S
+                timeout = max(0.0, min(next_poll, next_scan) - time.monotonic())
+            except StoreUnavailable:
+                was_up = False
+                self._expire_drains(now)  # removal after the grace period needs no Redis
+                timeout = backoff
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+            except Exception:
+                log.exception("membership sync failed")
+                timeout = MAX_BACKOFF_S
+            self._wake.wait(timeout)
+            self._wake.clear()
+
+    def _recovered(self) -> None:
+        """Redis is reachable (again): load or write back state, restore lost data."""
+        if not self.restored:
+            self._adopt_or_overwrite()
+        # Saved before but gone now: Redis restarted empty (not merely unreachable).
+        lost = [p for p in sorted(self._saved) if self.store.stored_epoch(p) is None]
+        regs = {
+            m: r
+            for m, r in self.registrations.items()
+            if m[0] in lost and self.sources.get(m) == "registered"
+        }
+        if lost:
+            n = self.store.restore_registrations(regs)
+            log.warning(
+                "redis holds no state for pools %s: writing it back (%d registrations)",
+                ", ".join(sorted(lost)),
+                n,
+            )
+        self.liveness.restart(time.monotonic())
+        self.mark_all_dirty()
+        self._flush()
+
+    def _adopt_or_overwrite(self) -> None:
+        """Started without Redis: the switches follow our state by now, so it is written
+        over an older saved one, with an epoch above the saved one."""
+        for pool in self.pools:
+            stored = self.store.stored_epoch(pool)
+            ours = self.app.steering.pools[pool].epoch
+            if stored is not None and stored >= ours:
+                self._bump_epoch(pool, stored + 1)
+        self.restored = True
+
+    def _bump_epoch(self, pool: str, epoch: int) -> None:
+        def mutate(s: Steering) -> list[PoolChange]:
+            ps = s.pools[pool]
+            ps.epoch = max(ps.epoch, epoch)  # no slot moves: nothing is sent to switches
+            return [PoolChange(pool=pool, epoch=ps.epoch)]
+
+        self.app.apply(mutate, "epoch above the saved state")
+
+    def _flush(self) -> None:
+        with self._lock:
+            dirty, self._dirty = self._dirty, {}
+        try:
+            for pool, snap in list(dirty.items()):
+                newer = self.store.save_pool(snap)
+                self._saved.add(pool)
+                if newer is not None and newer > snap.epoch:
+                    log.warning(
+                        "pool %s: redis holds epoch %d, newer than ours (%d): raising ours",
+                        pool,
+                        newer,
+                        snap.epoch,
+                    )
+                    self._bump_epoch(pool, newer + 1)
+                del dirty[pool]
+        finally:
+            with self._lock:  # keep what was not written; a newer snapshot wins
+                for pool, snap in dirty.items():
+                    self._dirty.setdefault(pool, snap)
+
+    def registered_members(self) -> list[Member]:
+        """Instances whose liveness comes from heartbeats."""
+        return [m for m, s in self.sources.items() if s == "registered"]
+
+    def _poll_heartbeats(self) -> None:
+        members = self.registered_members()
+        steering: Steering = self.app.steering
+        for member, alive in self._observe(members).items():
+            cur = steering.pools[member[0]].instances.get(member[1])
+            if cur is None:
+                continue
+            if alive:
+                cached = self.registrations.get(member, {})
+                if (
+                    cur.state in (InstanceState.FAILED, InstanceState.DOWN)
+                    and cached.get("state") != InstanceState.DRAINING
+                    and not self._port_down(cur)
+                ):
+                    self.reconcile_member(*member, "heartbeat back")
+            elif cur.state in LIVE:
+                if not self.store.registration(*member):
+                    # Deregistered (hash and heartbeat go together): not a failure.
+                    self._decide(member, None, alive=False, reason="deregister")
+                    continue
+                self.heartbeat_failures += 1
+                self._apply(
+                    member,
+                    _set_state(*member, InstanceState.FAILED, time.time(), LIVE),
+                    "heartbeat lost",
+                )
+
+    def _revive_ports(self) -> None:
+        """An instance added through the API has no heartbeat: in a registered pool (the
+        app revives static pools itself) it comes back when its port is up again."""
+        steering: Steering = self.app.steering
+        ports = self.app.switch_ports
+        for pool, ps in steering.pools.items():
+            if steering.topology.pools[pool].membership != "registered":
+                continue
+            for name, info in list(ps.instances.items()):
+                if (
+                    info.state is InstanceState.FAILED
+                    and self.sources.get((pool, name)) == "api"
+                    and info.located
+                    and ports.get(info.switch, {}).get(info.port) is True
+                ):
+                    self._apply(
+                        (pool, name),
+                        _set_state(pool, name, InstanceState.ACTIVE, time.time(),
+                                   (InstanceState.FAILED,)),
+                        f"instance {pool}/{name}: port {info.switch}:{info.port} up",
+                    )  # fmt: skip
+
+    def _observe(self, members: list[Member]) -> dict[Member, bool]:
+        """Poll the heartbeat keys of members (one pipeline); whether each is alive."""
+        beats = self.store.heartbeats(members)
+        steering: Steering = self.app.steering
+        now, wall = time.monotonic(), time.time()
+        out = {}
+        for member, (value, pttl) in beats.items():
+            out[member] = self.liveness.observe(member, value, pttl, now)
+            seen = self.liveness.seen.get(member)
+            cur = steering.pools[member[0]].instances.get(member[1])
+            if seen is not None and seen[2] == now and cur is not None:
+                cur.last_heartbeat = wall  # a plain float: no lock or apply needed
+        return out
+
+    def scan(self) -> None:
+        """Compare every registration with the pool state (backstop for missed events)."""
+        regs = self.store.members(self.pools)
+        steering: Steering = self.app.steering
+        listed = [(p, n) for p, ms in regs.items() for n in ms]
+        alive = self._observe(listed)
+        for member in listed:
+            reg = regs[member[0]][member[1]]
+            if reg:
+                self.registrations[member] = reg
+            cur = steering.pools[member[0]].instances.get(member[1])
+            if cur is None or cur.state is not InstanceState.FAILED or alive[member]:
+                self._decide(member, reg, alive=alive[member], reason="scan")
+        seen = set(listed)
+        for member in self.registered_members():
+            if member not in seen:
+                self._decide(member, None, alive=False, reason="scan")
+
+    def _expire_drains(self, now: float) -> None:
+        with self._lock:
+            due = [m for m, t in self._drain_deadline.items() if t <= now]
+            for m in due:
+                del self._drain_deadline[m]
+        for pool, name in due:
+            log.info("%s/%s: drain grace period over: removing it", pool, name)
+            self._apply(
+                (pool, name),
+                _remove(pool, name, time.time(), (InstanceState.DRAINING,)),
+                "drain grace period over",
+            )
+            self.retire(pool, name)
+
+    def retire(self, pool: str, name: str) -> None:
+        """The controller drained or removed a registered instance: mark its registration
+        draining so that neither the scan nor its heartbeat brings it back."""
+        if self.sources.get((pool, name)) != "registered":
+            return
+        reg = self.registrations.get((pool, name))
+        if reg is not None:
+            reg["state"] = "draining"
+        with contextlib.suppress(StoreUnavailable):
+            self.store.retire_registration(pool, name)

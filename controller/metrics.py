@@ -1,0 +1,194 @@
+"""Prometheus metrics, read from the app's state and counters at scrape time.
+
+A custom collector (no metric objects updated on the hot path): every scrape reads the
+pools, the app's plain counters and the membership state. Served at ``/metrics`` by the
+REST API server.
+"""
+
+from __future__ import annotations
+
+import bisect
+import threading
+from collections.abc import Iterable, Sequence
+from typing import Any
+
+from prometheus_client import CollectorRegistry, generate_latest
+from prometheus_client.core import (
+    CounterMetricFamily,
+    GaugeMetricFamily,
+    HistogramMetricFamily,
+)
+from prometheus_client.registry import Collector
+
+from controller.state import InstanceState
+
+# Event-to-barrier times: from a change to the switches' barrier replies (seconds).
+LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+
+
+class SampleHistogram:
+    """A cumulative histogram fed from a bounded deque of samples that the app appends to.
+
+    The app keeps only recent samples; each scrape takes the samples appended since the
+    last one. Without a running total from the app, new samples are found by object
+    identity: every sample is a distinct float object, and the last one consumed is kept
+    referenced so its identity cannot be reused. Samples that fall out of the deque between
+    two scrapes (more than its length) are not counted.
+    """
+
+    def __init__(self, buckets: Sequence[float] = LATENCY_BUCKETS):
+        self.bounds = list(buckets)
+        self.counts = [0] * (len(self.bounds) + 1)
+        self.total = 0.0
+        self._last: Any = None
+        self._lock = threading.Lock()
+
+    def consume(self, samples: Iterable[float]) -> None:
+        current = list(samples)
+        with self._lock:
+            start = 0
+            for i in range(len(current) - 1, -1, -1):
+                if current[i] is self._last:
+                    start = i + 1
+                    break
+            for value in current[start:]:
+                self.counts[bisect.bisect_left(self.bounds, value)] += 1
+                self.total += value
+            if current:
+                self._last = current[-1]
+
+    def family(self, name: str, doc: str) -> HistogramMetricFamily:
+        with self._lock:
+            cumulative, running = [], 0
+            for bound, count in zip(self.bounds, self.counts, strict=False):
+                running += count
+                cumulative.append((repr(bound), running))
+            running += self.counts[-1]
+            cumulative.append(("+Inf", running))
+            return HistogramMetricFamily(name, doc, buckets=cumulative, sum_value=self.total)
+
+
+class SteeringCollector(Collector):
+    def __init__(self, app: Any, membership: Any = None, store: Any = None):
+        self.app = app
+        self.membership = membership
+        self.store = store
+        self.latency = SampleHistogram()
+
+    def collect(self) -> Iterable[Any]:
+        app = self.app
+        pools = dict(app.steering.pools)
+        by_state = GaugeMetricFamily(
+            "nfsteer_pool_instances", "Instances per pool by state", labels=["pool", "state"]
+        )
+        epoch = GaugeMetricFamily("nfsteer_pool_epoch", "Assignment epoch", labels=["pool"])
+        unserved = GaugeMetricFamily(
+            "nfsteer_pool_unserved_slots",
+            "Hash slots without an owner: their traffic is dropped",
+            labels=["pool"],
+        )
+        no_active = GaugeMetricFamily(
+            "nfsteer_pool_without_active_instance",
+            "1 when the pool has no active instance and drops its service traffic",
+            labels=["pool"],
+        )
+        slots = GaugeMetricFamily(
+            "nfsteer_instance_slots", "Hash slots held by an instance", labels=["pool", "instance"]
+        )
+        capacity = GaugeMetricFamily(
+            "nfsteer_instance_capacity", "Configured capacity", labels=["pool", "instance"]
+        )
+        state = GaugeMetricFamily(
+            "nfsteer_instance_state",
+            "1 for the instance's current state",
+            labels=["pool", "instance", "state"],
+        )
+        for pname, ps in sorted(pools.items()):
+            instances = dict(ps.instances)
+            assignment = list(ps.assignment)
+            counts: dict[str, int] = {}
+            for owner in assignment:
+                if owner is not None:
+                    counts[owner] = counts.get(owner, 0) + 1
+            for st in InstanceState:
+                n = sum(1 for i in instances.values() if i.state is st)
+                by_state.add_metric([pname, st.value], n)
+            epoch.add_metric([pname], ps.epoch)
+            unserved.add_metric([pname], assignment.count(None))
+            has_active = any(
+                i.state is InstanceState.ACTIVE and i.located for i in instances.values()
+            )
+            no_active.add_metric([pname], 0 if has_active else 1)
+            for name, info in sorted(instances.items()):
+                slots.add_metric([pname, name], counts.get(name, 0))
+                capacity.add_metric([pname, name], info.capacity)
+                for st in InstanceState:
+                    state.add_metric([pname, name, st.value], 1 if info.state is st else 0)
+        yield from (by_state, epoch, unserved, no_active, slots, capacity, state)
+        yield from self._traffic(pools)
+
+        c = app.counters
+        for attr, doc in (
+            ("rebalances", "Changes that moved at least one slot"),
+            ("slots_moved", "Hash slots that changed owner"),
+            ("flow_mods_sent", "OpenFlow flow-mods sent"),
+            ("group_mods_sent", "OpenFlow group-mods sent"),
+            ("barriers_sent", "OpenFlow barrier requests sent"),
+            ("switch_errors", "OpenFlow error messages received"),
+            ("switch_connects", "Switch connections (first and re-connections)"),
+            ("port_events", "Port status messages received"),
+        ):
+            if hasattr(c, attr):
+                yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
+        yield GaugeMetricFamily(
+            "nfsteer_switches_connected", "Connected switches", value=len(app.datapaths)
+        )
+        samples = getattr(c, "change_latency", None)
+        if samples is None:
+            samples = getattr(c, "barrier_latency", ())
+        self.latency.consume(samples)
+        yield self.latency.family(
+            "nfsteer_change_to_barrier_seconds",
+            "Time from a change to the barrier reply of every switch",
+        )
+        if self.store is not None:
+            yield GaugeMetricFamily(
+                "nfsteer_redis_up", "1 when Redis answered the last command", value=self.store.up
+            )
+        if self.membership is not None:
+            yield CounterMetricFamily(
+                "nfsteer_heartbeat_failures",
+                "Instances failed because their heartbeat stopped",
+                value=self.membership.heartbeat_failures,
+            )
+
+    def _traffic(self, pools: dict[str, Any]) -> Iterable[Any]:
+        """Per-instance port counters, when the app collects port statistics
+        (``app.port_stats[(switch, port)] = {"rx_packets": ..., ...}``)."""
+        port_stats = getattr(self.app, "port_stats", None)
+        if not port_stats:
+            return
+        families = {
+            key: CounterMetricFamily(
+                f"nfsteer_instance_{key}", f"{key} on the instance's switch port",
+                labels=["pool", "instance"],
+            )
+            for key in ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes")
+        }  # fmt: skip
+        for pname, ps in sorted(pools.items()):
+            for name, info in sorted(dict(ps.instances).items()):
+                stats = port_stats.get((info.switch, info.port)) if info.located else None
+                for key, family in families.items():
+                    if stats and key in stats:
+                        family.add_metric([pname, name], stats[key])
+        yield from families.values()
+
+
+def make_registry(app: Any, membership: Any = None, store: Any = None) -> CollectorRegistry:
+    registry = CollectorRegistry(auto_describe=False)
+    registry.register(SteeringCollector(app, membership, store))
+    return registry
+
+
+def render(registry: CollectorRegistry) -> bytes:
+    return generate_latest(registry)

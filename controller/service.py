@@ -1,0 +1,81 @@
+"""The controller's Redis-backed services: state store, membership and the REST API.
+
+``start_services(app)`` runs once when the app starts, before any switch gets flows: it
+loads the pools' saved state from Redis into ``app.steering`` (so a restarted controller
+resumes exactly where it was and switches get only the difference), then starts the
+membership threads and the REST API server. It returns at once and does not raise when
+Redis is unreachable: the controller then runs from the topology and reconciles when Redis
+is back. ``stop_services(app)`` stops them.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+log = logging.getLogger("nfsteer.service")
+
+
+@dataclass
+class Services:
+    app: Any
+    store: Any = None
+    membership: Any = None
+    api_server: Any = None
+
+    def stop(self) -> None:
+        if self.api_server is not None:
+            self.api_server.stop()
+        if self.membership is not None:
+            self.membership.stop()
+        if self.store is not None:
+            self.store.close()
+
+
+_running: dict[int, Services] = {}
+_lock = threading.Lock()
+
+
+def services_of(app: Any) -> Services | None:
+    """The services started for app (tests, benchmarks)."""
+    with _lock:
+        return _running.get(id(app))
+
+
+def start_services(app: Any) -> Services:
+    from controller.api import ApiConfigError, ApiServer, check_listen, create_api
+
+    options = app.options
+    host, port = options.api
+    services = Services(app)
+    if options.redis_url:
+        from controller.membership import Membership
+        from controller.store import Store
+
+        services.store = Store.from_url(options.redis_url)
+        services.membership = Membership(app, services.store)
+        if not services.membership.restore():
+            log.warning("redis unreachable at start: running from the topology until it is back")
+        app.add_listener(services.membership.on_change)
+        services.membership.start()
+    try:
+        check_listen(host, options.api_token)
+        services.api_server = ApiServer(
+            create_api(app, services.membership, services.store), host, port
+        )
+        services.api_server.start()
+    except (ApiConfigError, OSError) as e:
+        services.api_server = None
+        log.error("REST API not started: %s", e)
+    with _lock:
+        _running[id(app)] = services
+    return services
+
+
+def stop_services(app: Any) -> None:
+    with _lock:
+        services = _running.pop(id(app), None)
+    if services is not None:
+        services.stop()
