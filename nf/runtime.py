@@ -15,6 +15,7 @@ cost is dominated by Python itself (see bench/nf.py), so plain non-blocking recv
 from __future__ import annotations
 
 import contextlib
+import errno
 import logging
 import select
 import socket
@@ -203,6 +204,11 @@ def open_socket(interface: str, rcvbuf: int = 4 << 20) -> socket.socket:
     return sock
 
 
+# recv/send errors while the interface is down (e.g. its link was taken down): the instance
+# waits for the link to come back instead of exiting, so it can carry traffic again.
+LINK_DOWN_ERRNOS = frozenset({errno.ENETDOWN, errno.ENXIO})
+
+
 class PacketLoop:
     """Receive a batch, process it, send the results; until ``stop`` is set."""
 
@@ -211,6 +217,12 @@ class PacketLoop:
         self.sock = sock
         self.batch = max(1, batch)
         self.stop = threading.Event()
+        self.link_down = False
+
+    def _set_link_down(self, down: bool) -> None:
+        if down != self.link_down:
+            self.link_down = down
+            log.warning("interface %s", "down: waiting for it" if down else "up again")
 
     def run(self) -> None:
         """Two batches in flight: while the store works on batch k, batch k+1 is read,
@@ -231,6 +243,13 @@ class PacketLoop:
                     data, addr = recv(65535)
                 except (BlockingIOError, InterruptedError):
                     break
+                except OSError as e:
+                    if e.errno not in LINK_DOWN_ERRNOS:
+                        raise
+                    self._set_link_down(True)
+                    break
+                if self.link_down:
+                    self._set_link_down(False)
                 c.received += 1
                 if addr[2] != PACKET_OTHERHOST:
                     c.not_steered += 1
@@ -245,6 +264,9 @@ class PacketLoop:
                 self._send(finish(previous))
             previous = current
             if not frames and previous is None:
+                if self.link_down:
+                    stop.wait(0.05)
+                    continue
                 with contextlib.suppress(InterruptedError):
                     select.select([sock], [], [], 0.05)
         if previous is not None:

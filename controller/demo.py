@@ -1,0 +1,166 @@
+"""`nfsteer demo`: the scale-out demo in Mininet.
+
+Builds the topology (default ``topologies/single.yaml``) in Mininet with Redis and the
+controller, runs one NF pool from one instance up to all of them and back while clients
+keep long-lived TCP connections and open short ones, kills an instance, takes another's
+link down, and drains back to one. Progress is shown live; a JSON report and a PNG plot go
+to ``reports/`` (or ``--out``). The scenario itself lives in ``mininet/scaleout.py``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import ModuleType
+
+REPO = Path(__file__).resolve().parents[1]
+MININET_DIR = REPO / "mininet"
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--topology",
+        default=str(REPO / "topologies" / "single.yaml"),
+        metavar="FILE",
+        help="topology file (default: topologies/single.yaml)",
+    )
+    p.add_argument("--pool", default=None, help="pool to scale (default: the first in the file)")
+    p.add_argument(
+        "--state",
+        choices=("redis", "local"),
+        default="redis",
+        help="NF connection state: in Redis (default) or in-process (the baseline)",
+    )
+    p.add_argument("--out", default=str(REPO / "reports"), metavar="DIR", help="report folder")
+    p.add_argument(
+        "--heartbeat-ttl-ms",
+        type=int,
+        default=300,
+        metavar="N",
+        help="heartbeat expiry of NF instances (default 300)",
+    )
+    p.add_argument("--quick", action="store_true", help="shorter pauses (as in the tests)")
+
+
+def prerequisites(topology_path: str) -> list[str]:
+    """What is missing to run the demo, one line each (empty: ready)."""
+    missing = []
+    if os.geteuid() != 0:
+        missing.append("root: run as root (Mininet and Open vSwitch need it)")
+    for tool, pkg in (
+        ("ovs-vsctl", "openvswitch-switch"),
+        ("ovs-ofctl", "openvswitch-switch"),
+        ("redis-server", "redis-server"),
+        ("mnexec", "mininet"),
+        ("ethtool", "ethtool"),
+    ):
+        if shutil.which(tool) is None:
+            missing.append(f"{tool}: not found (Debian package {pkg}; `make setup`)")
+    if shutil.which("ovs-vsctl"):
+        r = subprocess.run(["ovs-vsctl", "--timeout=3", "show"], capture_output=True)
+        if r.returncode != 0:
+            missing.append(
+                "Open vSwitch is not running: /usr/share/openvswitch/scripts/ovs-ctl start"
+            )
+    for module, hint in (
+        ("mininet.net", "Mininet is not importable (Debian package mininet, venv with system "
+                        "site-packages: `make setup`)"),
+        ("matplotlib", "matplotlib is not installed in the venv (`make setup`)"),
+        ("nf.cli", "the NF command (nf/cli.py) is missing"),
+        ("controller.launcher", "the controller (controller/launcher.py) is missing"),
+    ):  # fmt: skip
+        try:
+            found = importlib.util.find_spec(module) is not None
+        except ImportError:
+            found = False
+        if not found:
+            missing.append(f"{module}: {hint}")
+    for script in ("nfnet.py", "nftraffic.py", "scaleout.py"):
+        if not (MININET_DIR / script).is_file():
+            missing.append(f"{MININET_DIR / script}: missing")
+    from controller.config import load_topology  # ConfigError reaches the CLI as one line
+
+    topo = load_topology(topology_path)
+    roles = [h.role for h in topo.hosts.values()]
+    if "client" not in roles or "server" not in roles:
+        missing.append(f"{topology_path}: needs at least one client and one server host")
+    if not any(len(p.instances) >= 3 for p in topo.pools.values()):
+        missing.append(f"{topology_path}: needs a pool with at least 3 instances")
+    if shutil.which("ovs-vsctl"):
+        for sw in topo.switches:
+            r = subprocess.run(["ovs-vsctl", "--timeout=3", "br-exists", sw], capture_output=True)
+            if r.returncode == 0:
+                missing.append(
+                    f"bridge {sw} already exists (another network is running, or remove it "
+                    f"with `ovs-vsctl del-br {sw}`)"
+                )
+    return missing
+
+
+def load_scenario() -> ModuleType:
+    """mininet/scaleout.py, loaded by path (the folder must not shadow Mininet's package)."""
+    spec = importlib.util.spec_from_file_location("nfsteer_scaleout", MININET_DIR / "scaleout.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+def _interrupt(_sig: int, _frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run(args: argparse.Namespace) -> int:
+    missing = prerequisites(args.topology)
+    if not missing and args.pool is not None:
+        from controller.config import load_topology
+
+        pools = load_topology(args.topology).pools
+        if args.pool not in pools or len(pools[args.pool].instances) < 3:
+            print(f"nfsteer demo: no pool {args.pool!r} with 3 or more instances", file=sys.stderr)
+            return 2
+    if missing:
+        print("nfsteer demo: cannot run, missing:", file=sys.stderr)
+        for m in missing:
+            print(f"  - {m}", file=sys.stderr)
+        return 1
+    scaleout = load_scenario()
+    from mininet.log import setLogLevel
+
+    setLogLevel("warning")
+    signal.signal(signal.SIGTERM, _interrupt)  # clean up the network on `kill`
+    say = lambda line: print(line, flush=True)  # noqa: E731
+    timing = scaleout.TEST_TIMING if args.quick else scaleout.DEMO_TIMING
+    t_begin = time.monotonic()
+    say(f"*** building {args.topology} in Mininet (Redis, controller, echo servers)")
+    with scaleout.nfnet.Emulation(
+        Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms
+    ) as emu:
+        pool = args.pool or next(p for p, v in emu.topology.pools.items() if len(v.instances) >= 3)
+        say(
+            f"*** network up in {time.monotonic() - t_begin:.1f} s; controller API "
+            f"{emu.api_base}; pool {pool}, NF state {args.state}"
+        )
+        report = scaleout.Scenario(emu, pool, args.state, timing, say).run()
+        say("*** stopping the network")
+    stem = f"demo-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
+    json_path, png_path = scaleout.write_report(report, Path(args.out), stem)
+    say("")
+    say(f"*** summary ({time.monotonic() - t_begin:.0f} s in all)")
+    for line in scaleout.summary_lines(report):
+        say("  " + line)
+    say(f"  report: {json_path}")
+    say(f"  plot:   {png_path}")
+    s = report["summary"]
+    if args.state == "redis" and (s["broken"] or s["stalled"]):
+        say("  RESULT: connections were disrupted although state is in Redis")
+        return 1
+    return 0

@@ -1,0 +1,595 @@
+#!/usr/bin/env python3
+"""nfsteer in Mininet: build a topology file into an emulated network.
+
+Every switch of the file becomes an Open vSwitch bridge (userspace datapath, OpenFlow 1.3,
+fail mode secure, the file's dpid and port numbers) connected to the nfsteer controller;
+every host and NF instance becomes a Mininet host with the file's MAC and IP address on
+interface ``<name>-eth0``, plugged into its switch port. Checksum offload is off on every
+interface (TCP through veths and the userspace datapath needs that).
+
+topologies/single.yaml::
+
+     c1   c2           sv1  sv2        store
+      \\    \\           /    /            |
+       +----+---- s1 -+----+-------------+
+            /     |     \\     \\
+         fw1    fw2    fw3    fw4
+
+Run on its own (root), with a controller, Redis, the NF instances and echo servers::
+
+    .venv/bin/python mininet/nfnet.py --topology topologies/single.yaml --cli
+
+or only the network, through Mininet's own runner (start `nfsteer controller` yourself)::
+
+    mn --custom mininet/nfnet.py --topo nfsteer,topologies/single.yaml \\
+       --controller remote,ip=127.0.0.1,port=6653
+
+Redis: one redis-server in the root namespace, listening on 127.0.0.1 (for the controller)
+and on a Unix socket in the run directory (for the NF instances). Network namespaces do not
+separate the file system, so every Mininet host reaches the socket, while the root
+namespace gets no address or route of the emulated network and the switch ports of the
+instances carry nothing but steered traffic. This is the separate state-store network of a
+real deployment: an instance whose data link fails keeps its store session.
+
+Addresses that belong to no host (a NAT pool's public IP, a load balancer's VIPs) get a
+static ARP entry with a made-up MAC on every host; the switches classify service traffic by
+IP, so the MAC only has to be unicast.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import ipaddress
+import os
+import secrets
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+HERE = Path(__file__).resolve().parent
+REPO = HERE.parent
+
+
+def venv_python() -> Path:
+    """The project's Python (the one the NFs and traffic programs run with)."""
+    if sys.prefix != sys.base_prefix:  # running inside the venv already
+        return Path(sys.executable)
+    return REPO / ".venv" / "bin" / "python"
+
+
+def _make_project_importable() -> None:
+    # `mn --custom` runs this file under Debian's /usr/bin/python3, which lacks the project's
+    # dependencies: add the venv's site-packages (its .pth files make the project importable).
+    try:
+        import controller.config  # noqa: F401
+    except ImportError:
+        for sp in sorted((REPO / ".venv" / "lib").glob("python3*/site-packages")):
+            site.addsitedir(str(sp))
+        if str(REPO) not in sys.path:
+            sys.path.append(str(REPO))
+
+
+_make_project_importable()
+
+from mininet.link import TCULink  # noqa: E402
+from mininet.log import info  # noqa: E402
+from mininet.net import Mininet  # noqa: E402
+from mininet.node import Host, OVSSwitch, RemoteController  # noqa: E402
+from mininet.topo import Topo  # noqa: E402
+
+from controller.config import Topology, load_topology  # noqa: E402
+
+
+def virtual_ips(topology: Topology) -> list[str]:
+    """Addresses served by a pool rather than a host: NAT public IPs and LB VIPs."""
+    out: list[str] = []
+    for pool in topology.pools.values():
+        s = pool.settings
+        if pool.kind == "nat" and getattr(s, "public_ip", None):
+            out.append(s.public_ip)
+        if pool.kind == "lb":
+            out += [v.vip for v in s.vips]
+    return sorted(set(out), key=ipaddress.IPv4Address)
+
+
+def virtual_mac(ip: str) -> str:
+    """A locally administered unicast MAC that spells the address (0e:00:a.b.c.d)."""
+    return "0e:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
+
+
+class NfHost(Host):
+    """A Mininet host with static ARP entries and without IPv6 (no stray packets)."""
+
+    def config(self, static_arp: dict[str, str] | None = None, **params: Any) -> Any:
+        result = super().config(**params)
+        if self.inNamespace:
+            self.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
+            self.cmd("sysctl -qw net.ipv6.conf.default.disable_ipv6=1")
+        for ip, mac in (static_arp or {}).items():
+            self.cmd(f"ip neigh replace {ip} lladdr {mac} dev {self.defaultIntf()} nud permanent")
+        return result
+
+
+class NfsteerTopo(Topo):
+    """The Mininet topology of an nfsteer topology file (path or loaded Topology)."""
+
+    def build(self, topology: str | Path | Topology = "topologies/single.yaml") -> None:
+        topo = topology if isinstance(topology, Topology) else load_topology(topology)
+        self.nfsteer = topo
+        arp = {ip: virtual_mac(ip) for ip in virtual_ips(topo)}
+        for name, sw in topo.switches.items():
+            self.addSwitch(
+                name,
+                cls=OVSSwitch,
+                dpid=f"{sw.dpid:016x}",
+                datapath="user",
+                protocols="OpenFlow13",
+                failMode="secure",
+            )
+        for name, att in topo.attachments().items():
+            self.addHost(
+                name,
+                cls=NfHost,
+                ip=att.ip,
+                mac=att.mac,
+                static_arp=arp if name in topo.hosts else {},
+            )
+            # TCULink: checksum offload off on both ends (txo=rxo=False)
+            self.addLink(name, att.switch, port1=0, port2=att.port, cls=TCULink)
+        for link in topo.links:
+            self.addLink(link.a, link.b, port1=link.a_port, port2=link.b_port, cls=TCULink)
+
+
+topos = {"nfsteer": NfsteerTopo}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_port(host: str, port: int, timeout: float, proc: subprocess.Popen | None = None) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if proc is not None and proc.poll() is not None:
+            raise RuntimeError(f"process exited with status {proc.returncode}")
+        try:
+            with socket.create_connection((host, port), timeout=0.2):
+                return
+        except OSError:
+            time.sleep(0.05)
+    raise TimeoutError(f"nothing listens on {host}:{port} after {timeout:.0f} s")
+
+
+def _stop_process(proc: subprocess.Popen | None, timeout: float = 5.0) -> None:
+    if proc is None or proc.poll() is not None:
+        return
+    with contextlib.suppress(ProcessLookupError):
+        proc.terminate()
+    try:
+        proc.wait(timeout)
+    except subprocess.TimeoutExpired:
+        with contextlib.suppress(ProcessLookupError):
+            proc.kill()
+        proc.wait(5)
+
+
+@dataclass
+class NFProcess:
+    name: str
+    pool: str
+    kind: str
+    state: str
+    capacity: float
+    proc: subprocess.Popen
+    started: float  # time.time()
+    log: Path
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+
+@dataclass
+class Emulation:
+    """A running emulated network: Mininet, Redis, the controller, servers and NFs.
+
+    Use as a context manager; everything it started is stopped on exit, and nothing else.
+    """
+
+    topology_path: Path
+    workdir: Path | None = None
+    heartbeat_ttl_ms: int = 300
+    start_servers: bool = True
+    controller_log_level: str = "INFO"
+    topology: Topology = field(init=False)
+    net: Mininet | None = field(init=False, default=None)
+    nfs: dict[str, NFProcess] = field(init=False, default_factory=dict)
+    servers: list[subprocess.Popen] = field(init=False, default_factory=list)
+    redis_proc: subprocess.Popen | None = field(init=False, default=None)
+    controller_proc: subprocess.Popen | None = field(init=False, default=None)
+
+    def __post_init__(self) -> None:
+        self.topology_path = Path(self.topology_path).resolve()
+        self.topology = load_topology(self.topology_path)
+        self._own_workdir = self.workdir is None
+        self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="em-nfsteer-"))
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.python = venv_python()
+        self.of_port = free_port()
+        self.api_port = free_port()
+        self.redis_port = free_port()
+        self.redis_password = secrets.token_hex(12)
+        self.redis_socket = self.workdir / "redis.sock"
+        self._extra_procs: list[subprocess.Popen] = []
+
+    # ---- URLs ----------------------------------------------------------------------------
+    @property
+    def redis_url(self) -> str:
+        """For processes in the root namespace (the controller, the demo)."""
+        return f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
+
+    @property
+    def nf_redis_url(self) -> str:
+        """For processes inside Mininet hosts: the Unix socket."""
+        return f"unix://:{self.redis_password}@{self.redis_socket}?db=0"
+
+    @property
+    def api_base(self) -> str:
+        return f"http://127.0.0.1:{self.api_port}"
+
+    # ---- life cycle ----------------------------------------------------------------------
+    def __enter__(self) -> Emulation:
+        try:
+            self.start()
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    def start(self) -> None:
+        busy = [s for s in self.topology.switches if _bridge_exists(s)]
+        if busy:
+            raise RuntimeError(
+                f"Open vSwitch bridge(s) {', '.join(busy)} already exist; another network "
+                f"is running or a previous one was not cleaned up (ovs-vsctl del-br NAME)"
+            )
+        self.start_redis()
+        self.start_controller()
+        topo = NfsteerTopo(self.topology)
+        ctl_name = next(n for n in ("ctl", "ctl0", "nfctl") if n not in self.topology.attachments())
+        self.net = Mininet(
+            topo=topo,
+            controller=None,
+            build=False,
+            autoSetMacs=False,
+            autoStaticArp=False,
+            waitConnected=False,
+        )
+        self.net.addController(
+            ctl_name, controller=RemoteController, ip="127.0.0.1", port=self.of_port
+        )
+        self.net.build()
+        self.net.start()
+        self.wait_connected()
+        if self.start_servers:
+            self.start_echo_servers()
+
+    def stop(self) -> None:
+        for nf in list(self.nfs.values()):
+            if nf.alive():
+                with contextlib.suppress(ProcessLookupError):
+                    nf.proc.kill()
+                nf.proc.wait(5)
+        for p in self.servers + self._extra_procs:
+            _stop_process(p, 2)
+        self.servers.clear()
+        if self.net is not None:
+            self.net.stop()
+            self.net = None
+        _stop_process(self.controller_proc)
+        self.controller_proc = None
+        _stop_process(self.redis_proc)
+        self.redis_proc = None
+        if self._own_workdir and self.workdir:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+    # ---- Redis and controller ------------------------------------------------------------
+    def start_redis(self) -> None:
+        args = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1"]
+        args += ["--unixsocket", str(self.redis_socket), "--unixsocketperm", "700"]
+        args += ["--requirepass", self.redis_password, "--save", "", "--appendonly", "no"]
+        args += ["--dir", str(self.workdir), "--logfile", str(self.workdir / "redis.out")]
+        self.redis_proc = subprocess.Popen(
+            args, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+        _wait_port("127.0.0.1", self.redis_port, 10, self.redis_proc)
+
+    def flush_redis(self) -> None:
+        import redis
+
+        redis.Redis.from_url(self.redis_url).flushall()
+
+    def start_controller(self) -> None:
+        log = open(self.workdir / "controller.out", "ab")  # noqa: SIM115 - owned by the process
+        cmd = [str(self.python), "-m", "controller.cli", "controller"]
+        cmd += ["--topology", str(self.topology_path), "--redis", self.redis_url]
+        cmd += ["--listen", f"127.0.0.1:{self.of_port}", "--api", f"127.0.0.1:{self.api_port}"]
+        cmd += ["--heartbeat-ttl-ms", str(self.heartbeat_ttl_ms)]
+        cmd += ["--log-level", self.controller_log_level]
+        self.controller_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        log.close()
+        try:
+            _wait_port("127.0.0.1", self.of_port, 30, self.controller_proc)
+        except (RuntimeError, TimeoutError) as e:
+            tail = (self.workdir / "controller.out").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"the controller did not start ({e}):\n{tail}") from None
+
+    def restart_control_plane(self) -> None:
+        """Fresh Redis and controller (the network stays): a clean slate between scenarios."""
+        for nf in list(self.nfs.values()):
+            self.stop_nf(nf.name, kill=True)
+        self.nfs.clear()
+        _stop_process(self.controller_proc)
+        _stop_process(self.redis_proc)
+        self.start_redis()
+        self.start_controller()
+        self.wait_connected()
+
+    def wait_connected(self, timeout: float = 30.0) -> None:
+        """Until every switch is connected to the controller and has its flows."""
+        deadline = time.monotonic() + timeout
+        pending = set(self.topology.switches)
+        while pending and time.monotonic() < deadline:
+            for sw in sorted(pending):
+                if _controller_connected(sw) and _flow_count(sw) > 1:
+                    pending.discard(sw)
+            if not pending:
+                # the controller has read back and programmed every switch it knows
+                with contextlib.suppress(Exception):
+                    if len(self.api("GET", "/healthz").get("switches", ())) < len(
+                        self.topology.switches
+                    ):
+                        pending.add("(controller)")
+            if pending:
+                time.sleep(0.1)
+                pending.discard("(controller)")
+        if pending:
+            raise TimeoutError(
+                f"switch(es) {', '.join(sorted(pending))} got no flows in {timeout:.0f} s"
+            )
+
+    def api(self, method: str, path: str, **kw: Any) -> Any:
+        import httpx
+
+        r = httpx.request(method, self.api_base + path, timeout=5, **kw)
+        r.raise_for_status()
+        return r.json() if r.content else None
+
+    # ---- hosts, servers, NF instances -----------------------------------------------------
+    def host(self, name: str) -> Host:
+        assert self.net is not None
+        return self.net[name]
+
+    def popen(
+        self, host: str, args: list[str], log: Path | None = None, **kw: Any
+    ) -> subprocess.Popen:
+        """Run a program inside a Mininet host; stdout goes to ``log`` unless given."""
+        if log is not None:
+            with open(log, "ab") as f:
+                kw.setdefault("stdout", f)
+                kw.setdefault("stderr", subprocess.STDOUT)
+                return self.host(host).popen(args, cwd=str(REPO), **kw)
+        return self.host(host).popen(args, cwd=str(REPO), **kw)
+
+    def traffic_cmd(self, *args: str) -> list[str]:
+        return [str(self.python), "-u", str(HERE / "nftraffic.py"), *args]
+
+    def service_ports(self) -> list[int]:
+        """Every TCP/UDP port the servers should answer on (service ports, LB backends)."""
+        ports = {5001}
+        for svc in self.topology.services.values():
+            for m in svc.match:
+                ports.update(m.dst_ports or ())
+        for pool in self.topology.pools.values():
+            if pool.kind == "lb":
+                for v in pool.settings.vips:
+                    ports.update(b.port for b in v.backends)
+        return sorted(p for p in ports if p > 0)
+
+    def start_echo_servers(self) -> None:
+        ports = ",".join(map(str, self.service_ports()))
+        for name, h in self.topology.hosts.items():
+            if h.role == "server":
+                log = self.workdir / f"{name}.out"
+                self.servers.append(
+                    self.popen(name, self.traffic_cmd("serve", "--ports", ports), log)
+                )
+        for name, h in self.topology.hosts.items():
+            if h.role == "server":
+                for port in self.service_ports():
+                    self._wait_in_host(name, h.ip_address, port)
+
+    def _wait_in_host(self, host: str, ip: str, port: int, timeout: float = 10) -> None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            out = self.host(host).cmd(f"ss -Hltn 'sport = :{port}'")
+            if out.strip():
+                return
+            time.sleep(0.1)
+        raise TimeoutError(f"server on {host} ({ip}:{port}) did not start")
+
+    def pool_of(self, instance: str) -> str:
+        for pname, pool in self.topology.pools.items():
+            if instance in pool.instances:
+                return pname
+        raise KeyError(f"{instance!r} is no instance of the topology")
+
+    def start_nf(self, name: str, state: str = "redis", capacity: float | None = None) -> NFProcess:
+        pname = self.pool_of(name)
+        pool = self.topology.pools[pname]
+        inst = pool.instances[name]
+        cap = inst.capacity if capacity is None else capacity
+        cmd = [str(self.python), "-m", "controller.cli", "nf", "--kind", pool.kind]
+        cmd += ["--interface", f"{name}-eth0", "--pool", pname, "--name", name]
+        cmd += ["--capacity", f"{cap:g}", "--redis", self.nf_redis_url, "--state", state]
+        cmd += [
+            "--config",
+            str(self.topology_path),
+            "--heartbeat-ttl-ms",
+            str(self.heartbeat_ttl_ms),
+        ]
+        log = self.workdir / f"{name}.out"
+        proc = self.popen(name, cmd, log)
+        nf = NFProcess(name, pname, pool.kind, state, cap, proc, time.time(), log)
+        self.nfs[name] = nf
+        return nf
+
+    def stop_nf(self, name: str, kill: bool = False, timeout: float = 15.0) -> float:
+        """SIGTERM (drain and deregister) or SIGKILL; returns seconds until it exited."""
+        nf = self.nfs[name]
+        t0 = time.monotonic()
+        if nf.alive():
+            nf.proc.send_signal(signal.SIGKILL if kill else signal.SIGTERM)
+            try:
+                nf.proc.wait(timeout)
+            except subprocess.TimeoutExpired:
+                nf.proc.kill()
+                nf.proc.wait(5)
+        return time.monotonic() - t0
+
+    def set_link(self, a: str, b: str, up: bool) -> None:
+        assert self.net is not None
+        self.net.configLinkStatus(a, b, "up" if up else "down")
+
+    def instance_ports(self) -> dict[str, tuple[str, int]]:
+        return {
+            n: (i.switch, i.port)
+            for p in self.topology.pools.values()
+            for n, i in p.instances.items()
+        }
+
+    def port_counters(
+        self, switches: list[str] | None = None
+    ) -> dict[tuple[str, int], tuple[int, int]]:
+        """(switch, port) -> (rx_packets, tx_packets) as the switch counts them."""
+        out: dict[tuple[str, int], tuple[int, int]] = {}
+        for sw in switches or list(self.topology.switches):
+            out.update(dump_ports(sw))
+        return out
+
+
+def _bridge_exists(name: str) -> bool:
+    r = subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", name], capture_output=True)
+    return r.returncode == 0
+
+
+def _controller_connected(bridge: str) -> bool:
+    r = subprocess.run(
+        ["ovs-vsctl", "--timeout=5", "get", "Bridge", bridge, "controller"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    uuids = r.stdout.strip().strip("[]").split(",")
+    if not uuids or not uuids[0].strip():
+        return False
+    r = subprocess.run(
+        ["ovs-vsctl", "--timeout=5", "get", "Controller", uuids[0].strip(), "is_connected"],
+        capture_output=True, text=True,
+    )  # fmt: skip
+    return r.stdout.strip() == "true"
+
+
+def _flow_count(bridge: str) -> int:
+    r = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-flows", bridge], capture_output=True, text=True
+    )
+    return sum(1 for line in r.stdout.splitlines() if "actions=" in line)
+
+
+def dump_ports(bridge: str) -> dict[tuple[str, int], tuple[int, int]]:
+    """Port counters of one bridge from `ovs-ofctl dump-ports` (independent of the controller)."""
+    r = subprocess.run(
+        ["ovs-ofctl", "-O", "OpenFlow13", "dump-ports", bridge], capture_output=True, text=True
+    )
+    out: dict[tuple[str, int], tuple[int, int]] = {}
+    port = None
+    rx = 0
+    for line in r.stdout.splitlines():
+        words = line.replace(",", " ").split()
+        if len(words) >= 3 and words[0] == "port" and words[2] == "rx":
+            name = words[1].rstrip(":")
+            port = int(name) if name.isdigit() else None
+            rx = _field(words, "pkts")
+        elif port is not None and words and words[0] == "tx":
+            out[(bridge, port)] = (rx, _field(words, "pkts"))
+            port = None
+    return out
+
+
+def _field(words: list[str], key: str) -> int:
+    for w in words:
+        if w.startswith(key + "="):
+            v = w.split("=", 1)[1]
+            return int(v) if v.isdigit() else 0
+    return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description="Run an nfsteer topology file in Mininet.")
+    p.add_argument("--topology", required=True, help="topology YAML file")
+    p.add_argument("--cli", action="store_true", help="open the Mininet CLI (else wait for ^C)")
+    p.add_argument("--state", choices=("redis", "local"), default="redis", help="NF state")
+    p.add_argument("--instances", default="all", help="comma-separated instances to start")
+    p.add_argument("--heartbeat-ttl-ms", type=int, default=300)
+    args = p.parse_args(argv)
+    if os.geteuid() != 0:
+        print("nfnet: must run as root (Mininet and Open vSwitch need it)", file=sys.stderr)
+        return 2
+    from controller.config import ConfigError
+
+    try:
+        emu = Emulation(Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms)
+    except ConfigError as e:
+        print(f"nfnet: {e}", file=sys.stderr)
+        return 2
+    wanted = list(emu.instance_ports()) if args.instances == "all" else args.instances.split(",")
+    unknown = [n for n in wanted if n not in emu.instance_ports()]
+    if unknown:
+        print(f"nfnet: unknown instance(s): {', '.join(unknown)}", file=sys.stderr)
+        return 2
+    signal.signal(signal.SIGTERM, lambda *_: (_ for _ in ()).throw(KeyboardInterrupt()))
+    with emu:
+        for name in wanted:
+            emu.start_nf(name, state=args.state)
+        info(f"*** controller API {emu.api_base}, Redis {emu.redis_url}\n")
+        info(f"*** Redis for the hosts: {emu.nf_redis_url}\n")
+        info(f"*** NF instances: {', '.join(wanted)}; logs in {emu.workdir}\n")
+        if args.cli:
+            from mininet.cli import CLI
+
+            CLI(emu.net)
+        else:
+            print("running; press ^C to stop", flush=True)
+            with contextlib.suppress(KeyboardInterrupt):
+                while True:
+                    time.sleep(1)
+    return 0
+
+
+if __name__ == "__main__":
+    from mininet.log import setLogLevel
+
+    setLogLevel("info")
+    sys.exit(main())
