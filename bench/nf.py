@@ -56,6 +56,7 @@ SETTINGS = {
         ]
     },
 }
+# (mode, state store, max batch): local and batched Redis read the same batches.
 MODES = [("local", "local", 64), ("redis_unbatched", "redis", 1), ("redis_batched", "redis", 64)]
 
 
@@ -89,7 +90,7 @@ class Bench:
     def __init__(self, args: argparse.Namespace):
         self.args = args
         self.tmp = Path(tempfile.mkdtemp(prefix="nfbench"))
-        name = f"nf{uuid.uuid4().hex[:6]}"
+        name = f"np{uuid.uuid4().hex[:6]}"
         self.gen_if, self.nf_if = f"{name}g", f"{name}n"
         self.redis: subprocess.Popen | None = None
         self.port = 0
@@ -240,7 +241,8 @@ class Bench:
         return {
             "kind": kind, "mode": mode, "size": size, "pps": round(pps),
             "p50_us": round(p50, 1), "p99_us": round(p99, 1),
-            "batch_mean": stats["batch_mean"], "dropped": stats["dropped"],
+            "batch": batch, "batch_mean": stats["batch_mean"], "batch_max": stats["batch_max"],
+            "batch_sizes": stats["batch_sizes"], "dropped": stats["dropped"],
         }  # fmt: skip
 
 
@@ -289,12 +291,12 @@ def main() -> int:
     for r in results:
         r["ratio_to_local"] = round(r["pps"] / base[(r["kind"], r["size"])], 2)
     print()
-    print("| NF | frame | state | pps | x local | p50 µs | p99 µs |")
-    print("|---|---|---|---|---|---|---|")
+    print("| NF | frame | state | batch (max / mean) | pps | x local | p50 µs | p99 µs |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in results:
         print(
-            f"| {r['kind']} | {r['size']} B | {r['mode']} | {r['pps']} | "
-            f"{r['ratio_to_local']} | {r['p50_us']} | {r['p99_us']} |"
+            f"| {r['kind']} | {r['size']} B | {r['mode']} | {r['batch']} / {r['batch_mean']} | "
+            f"{r['pps']} | {r['ratio_to_local']} | {r['p50_us']} | {r['p99_us']} |"
         )
     parser = parser_cost()
     print(f"\nparser: {parser['parse_us']} us/frame (scapy: {parser['scapy_parse_us']} us/frame)")

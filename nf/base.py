@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import ipaddress
 from collections.abc import Iterable
-from typing import Any
 
 from nf.packet import Packet
 from nf.state import Op, Result, Script
@@ -19,11 +18,11 @@ class NetworkFunction:
     kind: str = ""
     script: Script
     fail_open: bool = False
-    # Negative results of the script's ops -> drop reason.
-    errors: dict[int, str] = {}
+    # Negative results of the script's ops ("-1") -> drop reason.
+    errors: dict[str, str] = {}
 
-    def cfg(self) -> tuple[Any, ...]:
-        """Per-batch arguments shared by every op (TTLs, port range...)."""
+    def cfg(self) -> tuple[int, ...]:
+        """Per-batch numbers shared by every op (TTLs, refresh intervals...)."""
         return ()
 
     def request(self, pkt: Packet) -> Op | str | None:
@@ -33,7 +32,7 @@ class NetworkFunction:
         raise NotImplementedError
 
     def error(self, result: Result) -> str:
-        return self.errors.get(result, f"{self.kind}_error") if isinstance(result, int) else ""
+        return self.errors.get(result, f"{self.kind}_error") if result[0] == "-" else ""
 
 
 class Prefixes:

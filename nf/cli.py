@@ -21,7 +21,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         type=float,
         help="relative capacity (default: the topology's value for this instance, else 1)",
     )
-    p.add_argument("--redis", metavar="URL", help="redis://[:password@]host:port/db")
+    p.add_argument(
+        "--redis",
+        metavar="URL",
+        help="redis://[:password@]host:port/db, or redis+cluster://[:password@]host:port "
+        "(any node of a Redis Cluster)",
+    )
     p.add_argument(
         "--state",
         choices=("redis", "local"),
@@ -105,7 +110,7 @@ def run(args: argparse.Namespace) -> int:
     from nf.instance import Instance, build_nf
     from nf.registration import Identity, Registration
     from nf.runtime import PacketLoop, Processor, interface_addresses, open_socket
-    from nf.state import LocalStore, RedisStore, redis_client
+    from nf.state import LocalStore, redis_client, redis_store
 
     try:
         nf = build_nf(args.kind, args.pool, settings)
@@ -116,7 +121,7 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s has MAC %s but the topology lists %s for %s", args.interface, mac,
                     listed.mac, name)  # fmt: skip
     client = redis_client(args.redis) if args.redis else None
-    store = RedisStore(client, [nf.script]) if args.state == "redis" else LocalStore()
+    store = redis_store(client, [nf.script]) if args.state == "redis" else LocalStore()
     try:
         sock = open_socket(args.interface)
     except PermissionError:

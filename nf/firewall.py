@@ -3,8 +3,9 @@ for everything else.
 
 State: one string key per connection, ``nfsteer:fw:<pool>:{<proto>:<a>:<pa>:<b>:<pb>}``
 (endpoints in canonical order, so both directions find it; the braces make the whole
-connection one Redis Cluster hash tag) holding ``"<state>:<initiator side>"``, with a TTL
-that is the idle timeout of that state. One op, ``c``, is the whole TCP state machine:
+connection one Redis Cluster hash tag) holding ``"<state><initiator side><written at>"``
+(two digits, then the server time in ms), with a TTL that is the idle timeout of that
+state. One op, ``c``, is the whole TCP state machine:
 read the entry, apply the transition table, write the new state with its TTL — atomically,
 in Lua. The table lives here once and is rendered into the Lua source, so the Redis and
 the local store run the same machine.
@@ -18,7 +19,7 @@ from typing import Any
 from nf.base import NetworkFunction, Prefixes, ms
 from nf.config import FirewallSettings
 from nf.packet import ACK, FIN, ICMP, ICMP_ECHO_REQUEST, RST, SYN, TCP, UDP, Packet
-from nf.state import Result, Script, local_get, local_set
+from nf.state import Result, Script, local_get, local_set, refresh_ms
 
 # Connection states (0: no entry)
 NONE, SYN_SENT, SYN_RECV, ESTABLISHED, FIN_ORIG, FIN_REPLY, CLOSING, CLOSED = range(8)
@@ -74,8 +75,9 @@ for _s in (SYN_SENT, SYN_RECV, ESTABLISHED, FIN_ORIG, FIN_REPLY, CLOSING):
 for _d in BOTH:
     TRANSITIONS[(CLOSING, _d, EV_FIN)] = CLOSING
 
-NO_CONNECTION, DENIED, INVALID = -1, -2, -3
+NO_CONNECTION, DENIED, INVALID = "-1", "-2", "-3"
 ERRORS = {NO_CONNECTION: "fw_no_connection", DENIED: "fw_denied", INVALID: "fw_invalid_state"}
+assert max(STATE_NAMES.index(n) for n in STATE_NAMES) < 10  # a state is one digit
 
 
 def _index(state: int, direction: int, event: int) -> int:
@@ -94,53 +96,62 @@ _LUA_OPS = (
     + "local REOPEN = {"
     + ", ".join(f"[{s}] = true" for s in sorted(REOPENABLE))
     + "}\n"
-    + """
--- K[ki]: connection key; A[ai..ai+2]: side of the sender (0/1), event, may open (0/1).
--- cfg[state]: idle timeout (ms) of each state. Returns the new state or a drop code.
-OPS['c'] = function(K, ki, A, ai, now, cfg)
+    + f"""
+-- K[ki]: connection key, holding '<state><initiator side><written at, ms>'.
+-- a: three digits: side of the sender (0/1), event, may open (0/1).
+-- cfg[state]: idle timeout (ms) of each state; cfg[{ICMP_OPEN} + state]: refresh interval.
+-- An unchanged state is written again (pushing its expiry forward) only once per refresh
+-- interval, so most packets of an established connection only read.
+OPS['c'] = function(K, ki, a, now, cfg)
   local key = K[ki]
-  local side, ev = tonumber(A[ai]), tonumber(A[ai + 1])
-  local st, init = 0, side
+  local side, ev = string.byte(a, 1) - 48, string.byte(a, 2) - 48
+  local st, init, at = 0, side, 0
   local v = redis.call('GET', key)
   if v then
-    st = tonumber(string.sub(v, 1, -3))
-    init = tonumber(string.sub(v, -1))
+    st, init = string.byte(v, 1) - 48, string.byte(v, 2) - 48
+    at = tonumber(string.sub(v, 3))
     if REOPEN[st] and OPENER[ev] then st, init = 0, side end
   end
   local dir = 0
   if side ~= init then dir = 1 end
   local new = T[st * 64 + dir * 16 + ev]
   if not new then
-    if st == 0 then return -1 end
-    return -3
+    if st == 0 then return {NO_CONNECTION} end
+    return {INVALID}
   end
-  if st == 0 and A[ai + 2] ~= '1' then return -2 end
-  redis.call('SET', key, new .. ':' .. init, 'PX', cfg[new])
+  if st == 0 and string.byte(a, 3) ~= 49 then return {DENIED} end
+  if new ~= st or now - at >= cfg[{ICMP_OPEN} + new] then
+    redis.call('SET', key, new .. init .. now, 'PX', cfg[new])
+  end
   return new
 end
 """
 )
+_RESULT = [str(st) for st in range(ICMP_OPEN + 1)]
 
 
-def _local_ct(data: dict, keys: Sequence[str], args: Sequence[Any], now: int, cfg) -> Result:
+def _local_ct(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result:
     key = keys[0]
-    side, ev, may_open = args
-    st, init = 0, side
+    side, ev = ord(a[0]) - 48, ord(a[1]) - 48
+    st, init, at = 0, side, 0
     v = local_get(data, key, now)
     if v is not None:
-        st, init = v
+        st, init, at = v
         if st in REOPENABLE and ev in OPENERS:
             st, init = 0, side
     new = _T.get(_index(st, 0 if side == init else 1, ev))
     if new is None:
         return NO_CONNECTION if st == 0 else INVALID
-    if st == 0 and may_open != 1:
+    if st == 0 and a[2] != "1":
         return DENIED
-    local_set(data, key, (new, init), now, int(cfg[new - 1]))  # cfg[0] is state 1
-    return new
+    if new != st or now - at >= cfg[ICMP_OPEN + new - 1]:  # cfg[0] is state 1
+        local_set(data, key, (new, init, now), now, cfg[new - 1])
+    return _RESULT[new]
 
 
-SCRIPT = Script("firewall", _LUA_OPS, {"c": (1, 3)}, {"c": _local_ct})
+SCRIPT = Script("firewall", _LUA_OPS, {"c": 1}, {"c": _local_ct})
+# The op argument of every (side, event, may open): "c" and three digits.
+_ARG = [f"c{side}{ev}{may}" for side in BOTH for ev in range(16) for may in (0, 1)]
 
 
 class Firewall(NetworkFunction):
@@ -177,7 +188,8 @@ class Firewall(NetworkFunction):
             UDP_OPEN: s.udp_timeout,
             ICMP_OPEN: s.icmp_timeout,
         }
-        self._cfg = tuple(ms(ttl[st]) for st in range(1, ICMP_OPEN + 1))
+        ttls = [ms(ttl[st]) for st in range(1, ICMP_OPEN + 1)]
+        self._cfg = (*ttls, *(refresh_ms(t) for t in ttls))
 
     def cfg(self) -> tuple[Any, ...]:
         return self._cfg
@@ -225,9 +237,9 @@ class Firewall(NetworkFunction):
             side = 1
             conn = f"{proto}:{pkt.dst_ip}:{pkt.dport}:{pkt.src_ip}:{pkt.sport}"
         may_open = 1 if ev in OPENERS and self.may_open(pkt) else 0
-        return ("c", (f"{self.prefix}{{{conn}}}",), (side, ev, may_open))
+        return (f"{self.prefix}{{{conn}}}",), _ARG[side * 32 + ev * 2 + may_open]
 
     def complete(self, frame: bytes, pkt: Packet, result: Result) -> bytes | str:
-        if isinstance(result, int) and result < 0:
+        if result[0] == "-":
             return self.errors.get(result, "fw_error")
         return frame

@@ -1,35 +1,42 @@
 """Source NAT: inside -> outside connections leave from public_ip:port; return traffic to
 public_ip:port is translated back, on any instance.
 
-State, per pool and protocol (all keys carry the pool as one Redis Cluster hash tag, because
-allocating a port must atomically touch the allocator and both mapping directions):
+The public port range is cut into *shards* of up to ``SHARD_PORTS`` consecutive ports, each
+with keys of its own, per pool and protocol (``<s>`` the shard number):
 
-* ``nfsteer:nat:{<pool>}:<proto>:map`` hash
+* ``nfsteer:nat:{<pool>:<proto>:<s>}:map`` hash
   - ``f:<inside ip>:<port>><remote ip>:<port>`` -> public port (forward mapping)
   - ``r:<public port>`` -> ``<inside ip>:<port>><remote ip>:<port>`` (reverse mapping)
-  - ``next`` -> where the next allocation starts looking
-* ``nfsteer:nat:{<pool>}:<proto>:exp`` sorted set: public port scored by the time (ms) its
-  mapping expires; every packet of either direction pushes it forward by the idle timeout.
+  - ``next`` -> where the next allocation in the shard starts looking
+* ``nfsteer:nat:{<pool>:<proto>:<s>}:exp`` sorted set: public port scored by the time (ms)
+  its mapping expires; packets of either direction push it forward by the idle timeout
+  (at most once per refresh interval, see ``nf.state.refresh_ms``).
+
+A connection belongs to the shard its inside/remote endpoints hash to (every instance
+computes the same), and return traffic to the shard its public port lies in. Allocating a
+port atomically touches the shard's allocator and both mapping directions, which share the
+shard's Redis Cluster hash tag; different shards spread over a cluster's nodes. The price:
+a shard may run out of ports while another still has some.
 
 A port is free when it has no score or its score has passed; allocation (op ``o``) takes
-the next free port from ``next`` in one Lua call, so no two instances ever hand out the
-same port, and drops the stale forward entry of the port's previous owner. Memory is
-bounded by the port range, so these keys need no TTL. Filtering is per connection (the
-remote endpoint of return traffic must match the mapping).
+the next free port of the shard from ``next`` in one Lua call, so no two instances ever
+hand out the same port, and drops the stale forward entry of the port's previous owner.
+Hence ``f:x = p`` implies ``r:p = x``. Memory is bounded by the port range, so these keys
+need no TTL. Filtering is per connection (the remote endpoint of return traffic must match
+the mapping).
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from socket import inet_aton
-from typing import Any
 
 from nf.base import NetworkFunction, Prefixes, ms
 from nf.config import NATSettings
 from nf.packet import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_NAMES, Packet, rewrite
-from nf.state import Result, Script
+from nf.state import Result, Script, refresh_ms
 
-EXHAUSTED, NO_MAPPING, EXPIRED, WRONG_REMOTE = -10, -11, -12, -13
+EXHAUSTED, NO_MAPPING, EXPIRED, WRONG_REMOTE = "-10", "-11", "-12", "-13"
 ERRORS = {
     EXHAUSTED: "nat_ports_exhausted",
     NO_MAPPING: "nat_no_mapping",
@@ -37,19 +44,24 @@ ERRORS = {
     WRONG_REMOTE: "nat_wrong_remote",
 }
 MAX_PROBES = 1024  # bounds the time one allocation may hold Redis
+SHARD_PORTS = 1024
+PROTOS = tuple(PROTO_NAMES)  # cfg index of a protocol's timeouts
 
 _LUA_OPS = f"""
--- K[ki], K[ki+1]: map hash, expiry zset. cfg: port_min, port_max.
--- o: A = tuple, ttl. Returns the public port or {EXHAUSTED}.
-OPS['o'] = function(K, ki, A, ai, now, cfg)
+-- K[ki], K[ki+1]: the shard's map hash and expiry zset. cfg[2j-1], cfg[2j]: idle timeout
+-- and refresh interval (ms) of protocol j; ops start with j.
+-- o: a = '<j><shard's first port> <last port> <tuple>'. Returns the public port.
+OPS['o'] = function(K, ki, a, now, cfg)
   local map, exp = K[ki], K[ki + 1]
-  local tup, ttl = A[ai], tonumber(A[ai + 1])
+  local j, lo, hi, tup = string.match(a, '^(%d)(%d+) (%d+) (.*)$')
+  local ttl = cfg[2 * j - 1]
   local port = redis.call('HGET', map, 'f:' .. tup)
-  if port and redis.call('HGET', map, 'r:' .. port) == tup then
-    redis.call('ZADD', exp, now + ttl, port)
-    return tonumber(port)
+  if port then
+    local e = tonumber(redis.call('ZSCORE', exp, port) or 0)
+    if e - now <= ttl - cfg[2 * j] then redis.call('ZADD', exp, now + ttl, port) end
+    return port
   end
-  local lo, hi = tonumber(cfg[1]), tonumber(cfg[2])
+  lo, hi = tonumber(lo), tonumber(hi)
   local n = hi - lo + 1
   local cur = tonumber(redis.call('HGET', map, 'next') or lo)
   if cur < lo or cur > hi then cur = lo end
@@ -68,53 +80,58 @@ OPS['o'] = function(K, ki, A, ai, now, cfg)
   end
   return {EXHAUSTED}
 end
--- i: A = public port, remote endpoint, ttl. Returns '<inside ip>:<port>' or a drop code.
-OPS['i'] = function(K, ki, A, ai, now, cfg)
+-- i: a = '<j><public port> <remote endpoint>'. Returns '<inside ip>:<port>'.
+OPS['i'] = function(K, ki, a, now, cfg)
   local map, exp = K[ki], K[ki + 1]
-  local port = A[ai]
+  local j, port, remote = string.match(a, '^(%d)(%d+) (.*)$')
   local tup = redis.call('HGET', map, 'r:' .. port)
   if not tup then return {NO_MAPPING} end
   local e = redis.call('ZSCORE', exp, port)
   if not e or tonumber(e) < now then return {EXPIRED} end
   local sep = string.find(tup, '>', 1, true)
-  if string.sub(tup, sep + 1) ~= A[ai + 1] then return {WRONG_REMOTE} end
-  redis.call('ZADD', exp, now + tonumber(A[ai + 2]), port)
+  if string.sub(tup, sep + 1) ~= remote then return {WRONG_REMOTE} end
+  local ttl = cfg[2 * j - 1]
+  if tonumber(e) - now <= ttl - cfg[2 * j] then redis.call('ZADD', exp, now + ttl, port) end
   return string.sub(tup, 1, sep - 1)
 end
 """
 
 
-def _local_out(data: dict, keys: Sequence[str], args: Sequence[Any], now: int, cfg) -> Result:
+def _local_out(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result:
     m = data.setdefault(keys[0], [{}, None])[0]
     exp = data.setdefault(keys[1], [{}, None])[0]
-    tup, ttl = args
+    j = ord(a[0]) - 48
+    lo, hi, tup = a[1:].split(" ", 2)
+    ttl = cfg[2 * j - 2]
     port = m.get("f:" + tup)
-    if port is not None and m.get(f"r:{port}") == tup:
-        exp[port] = now + ttl
+    if port is not None:
+        if exp.get(port, 0) - now <= ttl - cfg[2 * j - 1]:
+            exp[port] = now + ttl
         return port
-    lo, hi = cfg
+    lo, hi = int(lo), int(hi)
     n = hi - lo + 1
-    cur = m.get("next", lo)
+    cur = int(m.get("next", lo))
     for i in range(min(n, MAX_PROBES)):
-        p = lo + (cur - lo + i) % n
+        p = str(lo + (cur - lo + i) % n)
         e = exp.get(p)
         if e is None or e < now:
-            old = m.get(f"r:{p}")
+            old = m.get("r:" + p)
             if old is not None and m.get("f:" + old) == p:
                 del m["f:" + old]
             m["f:" + tup] = p
-            m[f"r:{p}"] = tup
-            m["next"] = lo + (p - lo + 1) % n
+            m["r:" + p] = tup
+            m["next"] = lo + (int(p) - lo + 1) % n
             exp[p] = now + ttl
             return p
     return EXHAUSTED
 
 
-def _local_in(data: dict, keys: Sequence[str], args: Sequence[Any], now: int, cfg) -> Result:
+def _local_in(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result:
     m = data.get(keys[0], [{}])[0]
     exp = data.get(keys[1], [{}])[0]
-    port, remote, ttl = args
-    tup = m.get(f"r:{port}")
+    j = ord(a[0]) - 48
+    port, remote = a[1:].split(" ", 1)
+    tup = m.get("r:" + port)
     if tup is None:
         return NO_MAPPING
     e = exp.get(port)
@@ -123,11 +140,24 @@ def _local_in(data: dict, keys: Sequence[str], args: Sequence[Any], now: int, cf
     inside, _, rem = tup.partition(">")
     if rem != remote:
         return WRONG_REMOTE
-    exp[port] = now + ttl
+    ttl = cfg[2 * j - 2]
+    if e - now <= ttl - cfg[2 * j - 1]:
+        exp[port] = now + ttl
     return inside
 
 
-SCRIPT = Script("nat", _LUA_OPS, {"o": (2, 2), "i": (2, 3)}, {"o": _local_out, "i": _local_in})
+SCRIPT = Script("nat", _LUA_OPS, {"o": 2, "i": 2}, {"o": _local_out, "i": _local_in})
+
+
+def shard_of(src: int, sport: int, dst: int, dport: int, shards: int) -> int:
+    """The shard of a connection's forward mapping: the same on every instance (plain
+    integer arithmetic, no per-process hash seed)."""
+    return (src * 2654435761 + dst * 40503 + sport * 65599 + dport) % shards
+
+
+def shard_keys(pool: str, proto_name: str, shard: int) -> tuple[str, str]:
+    tag = f"nfsteer:nat:{{{pool}:{proto_name}:{shard}}}"
+    return f"{tag}:map", f"{tag}:exp"
 
 
 class NAT(NetworkFunction):
@@ -143,14 +173,26 @@ class NAT(NetworkFunction):
         self.public_ip = settings.public_ip
         self.public = int.from_bytes(inet_aton(settings.public_ip), "big")
         self.inside = Prefixes(settings.inside)
-        self.keys = {
-            p: (f"nfsteer:nat:{{{pool}}}:{name}:map", f"nfsteer:nat:{{{pool}}}:{name}:exp")
-            for p, name in PROTO_NAMES.items()
-        }
-        self.ttl = {p: ms(getattr(settings, f"{name}_timeout")) for p, name in PROTO_NAMES.items()}
-        self._cfg = (settings.port_min, settings.port_max)
+        lo, hi = settings.port_min, settings.port_max
+        self.port_min, self.port_max = lo, hi
+        self.shards = (hi - lo) // SHARD_PORTS + 1
+        # Per protocol and shard: (keys, "o" op prefix, "i" op prefix).
+        self._ops: dict[int, list[tuple[tuple[str, str], str, str]]] = {}
+        cfg: list[int] = []
+        for j, proto in enumerate(PROTOS, 1):
+            ttl = ms(getattr(settings, f"{PROTO_NAMES[proto]}_timeout"))
+            cfg += (ttl, refresh_ms(ttl))
+            self._ops[proto] = [
+                (
+                    shard_keys(pool, PROTO_NAMES[proto], s),
+                    f"o{j}{lo + s * SHARD_PORTS} {min(hi, lo + (s + 1) * SHARD_PORTS - 1)} ",
+                    f"i{j}",
+                )
+                for s in range(self.shards)
+            ]
+        self._cfg = tuple(cfg)
 
-    def cfg(self) -> tuple[Any, ...]:
+    def cfg(self) -> tuple[int, ...]:
         return self._cfg
 
     def request(self, pkt: Packet):
@@ -162,21 +204,27 @@ class NAT(NetworkFunction):
                 remote = f"{pkt.src_ip}:0"  # the echo id is the translated one: no remote port
             else:
                 remote = f"{pkt.src_ip}:{pkt.sport}"
-            return ("i", self.keys[proto], (pkt.dport, remote, self.ttl[proto]))
+            port = pkt.dport
+            if not self.port_min <= port <= self.port_max:
+                return "nat_no_mapping"
+            keys, _, prefix = self._ops[proto][(port - self.port_min) // SHARD_PORTS]
+            return keys, f"{prefix}{port} {remote}"
         if pkt.src in self.inside and pkt.dst not in self.inside:
             if proto == ICMP:
                 if pkt.icmp_type != ICMP_ECHO_REQUEST:
                     return "nat_icmp_unsupported"
-                tup = f"{pkt.src_ip}:{pkt.sport}>{pkt.dst_ip}:0"
+                dport = 0
             else:
-                tup = f"{pkt.src_ip}:{pkt.sport}>{pkt.dst_ip}:{pkt.dport}"
-            return ("o", self.keys[proto], (tup, self.ttl[proto]))
+                dport = pkt.dport
+            shard = shard_of(pkt.src, pkt.sport, pkt.dst, dport, self.shards)
+            keys, prefix, _ = self._ops[proto][shard]
+            return keys, f"{prefix}{pkt.src_ip}:{pkt.sport}>{pkt.dst_ip}:{dport}"
         return None  # not translated traffic (inside to inside, or unrelated): forward
 
     def complete(self, frame: bytes, pkt: Packet, result: Result) -> bytes | str:
-        if isinstance(result, int):
-            if result < 0:
-                return self.errors.get(result, "nat_error")
-            return rewrite(frame, pkt, src=self.public, sport=result)
+        if result[0] == "-":
+            return self.errors.get(result, "nat_error")
+        if pkt.dst != self.public:
+            return rewrite(frame, pkt, src=self.public, sport=int(result))
         ip, _, port = result.rpartition(":")
         return rewrite(frame, pkt, dst=int.from_bytes(inet_aton(ip), "big"), dport=int(port))

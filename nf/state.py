@@ -1,22 +1,30 @@
 """The state client: every piece of NF state is read and written through one store.
 
-An NF turns each packet of a batch into one *operation* (an op code, its keys and its
-arguments). The store runs all operations of a batch in order and returns one result per
-operation:
+An NF turns each packet of a batch into one *operation*: its keys and one argument string
+whose first character is the op code (``("nfsteer:fw:p:{...}",), "c011"``). The store runs
+all operations of a batch in order and returns one result string per operation:
 
 * :class:`RedisStore` sends the whole batch as **one** ``EVALSHA`` of the NF's Lua script
   (one round trip per batch). The script runs the operations one after the other, each an
   atomic read-modify-write, so two packets of one connection in one batch (or two
   instances racing on one connection) see each other's effects. All keys of one operation
   share one Redis Cluster hash tag.
+* :class:`ClusterStore` does the same against a Redis Cluster (``redis+cluster://`` URL):
+  a batch is split by hash slot into one script call per slot, all sent in one pipelined
+  round trip.
 * :class:`LocalStore` runs the same operations, written in Python, on an in-process dict:
   the traditional NF whose state dies with it, kept as the baseline.
 
-Both give each operation the time in milliseconds (Redis: the server clock, so instances
-need no clock agreement). A batch is *submitted* and later *collected*, so the packet loop
-can read and prepare the next batch while the store works. When Redis cannot be reached,
-the store raises :class:`StoreUnavailable` at once (after a failure it backs off instead of
-waiting for a timeout per batch) and reconnects by itself.
+The wire format is compact on purpose (it is most of the per-packet cost): a batch is
+``EVALSHA sha nkeys keys... cfg... ops`` where ``ops`` is every op's argument string
+joined by newlines, and the reply is one bulk string, the results joined by newlines.
+``cfg`` holds numbers shared by every op of the batch (TTLs, port range).
+
+Every store gives each operation the time in milliseconds (Redis: the server clock, so
+instances need no clock agreement). A batch is *submitted* and later *collected*, so the
+packet loop can read and prepare the next batch while the store works. When Redis cannot
+be reached, the store raises :class:`StoreUnavailable` at once (after a failure it backs
+off instead of waiting for a timeout per batch) and reconnects by itself.
 """
 
 from __future__ import annotations
@@ -30,10 +38,10 @@ from typing import Any
 
 log = logging.getLogger("nfsteer.nf")
 
-Result = int | str
-# A local op: (data, keys, args, now_ms, cfg) -> result. data maps key -> [value, expiry_ms].
-LocalOp = Callable[[dict, Sequence[str], Sequence[Any], int, Sequence[Any]], Result]
-Op = tuple[str, tuple[str, ...], tuple[Any, ...]]  # (code, keys, args)
+Result = str  # an op's result; errors are negative numbers ("-1")
+# A local op: (data, keys, arg, now_ms, cfg) -> result. data maps key -> [value, expiry_ms].
+LocalOp = Callable[[dict, Sequence[str], str, int, Sequence[int]], Result]
+Op = tuple[tuple[str, ...], str]  # (keys, code + argument)
 
 
 class StoreUnavailable(Exception):
@@ -42,44 +50,55 @@ class StoreUnavailable(Exception):
 
 @dataclass(frozen=True)
 class Script:
-    """One NF's batch script: Lua op functions (``OPS[code] = function(K, ki, A, ai, now,
-    cfg)``), their arity, and the same ops in Python for the local store."""
+    """One NF's batch script: Lua op functions (``OPS[code] = function(K, ki, a, now,
+    cfg)``, ``a`` the op's argument without its code), how many keys each op takes, and
+    the same ops in Python for the local store."""
 
     name: str
     lua_ops: str
-    arity: dict[str, tuple[int, int]]  # code -> (number of keys, number of args)
+    nkeys: dict[str, int]  # code -> number of keys
     local_ops: dict[str, LocalOp]
     lua: str = field(init=False)
 
     def __post_init__(self) -> None:
-        arity = ", ".join(f"[{c!r}] = {{{k}, {a}}}" for c, (k, a) in self.arity.items())
-        object.__setattr__(self, "lua", _LUA_FRAME.format(ops=self.lua_ops, arity=arity))
+        nkeys = ", ".join(f"[{c!r}] = {k}" for c, k in self.nkeys.items())
+        object.__setattr__(self, "lua", _LUA_FRAME.format(ops=self.lua_ops, nkeys=nkeys))
 
 
-# The frame around every NF's ops: decode the batch, run each op, return one result each.
-# ARGV = ncfg, cfg..., then per op: code, args...; KEYS = each op's keys in order.
+# The frame around every NF's ops: decode the batch, run each op, return the results as one
+# newline-separated string. ARGV = cfg numbers..., ops; KEYS = each op's keys in order.
 _LUA_FRAME = """
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 local OPS = {{}}
 {ops}
-local ARITY = {{{arity}}}
-local ncfg = tonumber(ARGV[1])
-local cfg = {{}}
-for i = 1, ncfg do cfg[i] = ARGV[1 + i] end
-local out = {{}}
-local ki, ai = 1, ncfg + 2
+local NKEYS = {{{nkeys}}}
 local n = #ARGV
-while ai <= n do
-  local code = ARGV[ai]
-  local ar = ARITY[code]
-  if not ar then return redis.error_reply('unknown op ' .. tostring(code)) end
-  out[#out + 1] = OPS[code](KEYS, ki, ARGV, ai + 1, now, cfg)
-  ki = ki + ar[1]
-  ai = ai + 1 + ar[2]
+local cfg = {{}}
+for i = 1, n - 1 do cfg[i] = tonumber(ARGV[i]) end
+local ops = ARGV[n]
+local out = {{}}
+local ki, pos, len = 1, 1, #ops
+local find, sub = string.find, string.sub
+while pos <= len do
+  local e = find(ops, '\\n', pos, true) or len + 1
+  local code = sub(ops, pos, pos)
+  local f = OPS[code]
+  if not f then return redis.error_reply('unknown op ' .. code) end
+  out[#out + 1] = f(KEYS, ki, sub(ops, pos + 1, e - 1), now, cfg)
+  ki = ki + NKEYS[code]
+  pos = e + 1
 end
-return out
+return table.concat(out, '\\n')
 """
+
+
+def refresh_ms(ttl_ms: int) -> int:
+    """How long an unchanged entry may go without its expiry being pushed forward: a tenth
+    of its idle timeout, at most a second. Skipping those writes makes most packets of an
+    established connection read-only for the store; the price is that an idle entry may
+    expire up to this much early."""
+    return min(ttl_ms // 10, 1000)
 
 
 class LocalStore:
@@ -98,7 +117,7 @@ class LocalStore:
             self._sweep(now)
         data = self.data
         fns = script.local_ops
-        return [fns[code](data, keys, args, now, cfg) for code, keys, args in ops]
+        return [fns[a[0]](data, keys, a[1:], now, cfg) for keys, a in ops]
 
     def submit(self, script: Script, cfg: Sequence[Any], ops: Sequence[Op]) -> list[Result]:
         return self.run(script, cfg, ops)
@@ -201,17 +220,10 @@ class RedisStore:
 
         if not self.available and time.monotonic() < self._retry_at:
             raise StoreUnavailable(self.last_error)
-        keys: list[Any] = []
-        argv: list[Any] = [len(cfg), *cfg]
-        for code, k, a in ops:
-            keys += k
-            argv.append(code)
-            argv += a
         try:
             conn = self._connection()
             sha = self._sha.get(script.name) or self._load(script)
-            packed = pack(["EVALSHA", sha, len(keys), *keys, *argv])
-            conn.send_packed_command([packed], check_health=False)
+            conn.send_packed_command([pack_batch(sha, cfg, ops)], check_health=False)
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
             raise StoreUnavailable(self.last_error) from None
@@ -240,7 +252,7 @@ class RedisStore:
             self.available = True
             self._backoff = self.MIN_BACKOFF_S
             log.info("state store reachable again")
-        return [r.decode() if isinstance(r, bytes) else r for r in res]
+        return res.decode().split("\n")
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -268,6 +280,90 @@ class RedisStore:
         self._drop_connection()
 
 
+class ClusterStore(RedisStore):
+    """Batches against a Redis Cluster. One script call may only touch keys of one hash
+    slot, so a batch is split by slot (:func:`group_by_slot`) into one call per slot, in
+    the batch's order within each slot; redis-py's cluster pipeline sends every node its
+    calls together, so a batch is still one round trip (per node, in parallel). Ops of
+    different slots share no keys, so running them in separate calls changes nothing.
+    The batch completes in :meth:`submit` (no second batch in flight): the cluster client
+    routes, follows MOVED/ASK and refreshes the slot map itself."""
+
+    def _load(self, script: Script) -> str:
+        self.round_trips += 1
+        sha = self.client.script_load(script.lua)  # on every primary
+        sha = sha.decode() if isinstance(sha, bytes) else sha
+        self._sha[script.name] = sha
+        return sha
+
+    def submit(self, script: Script, cfg: Sequence[Any], ops: Sequence[Op]) -> list[Result]:
+        import redis
+
+        if not self.available and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(self.last_error)
+        groups = group_by_slot(ops)
+        try:
+            try:
+                out = self._run(script, cfg, ops, groups)
+            except redis.exceptions.NoScriptError:
+                # A node lost the scripts (restart, failover, a new primary): load again.
+                self._sha.clear()
+                out = self._run(script, cfg, ops, groups)
+        except (redis.exceptions.RedisError, OSError) as e:
+            self._failed(e)
+            raise StoreUnavailable(self.last_error) from None
+        if not self.available:
+            self.available = True
+            self._backoff = self.MIN_BACKOFF_S
+            log.info("state store reachable again")
+        return out
+
+    def _run(
+        self, script: Script, cfg: Sequence[Any], ops: Sequence[Op], groups: list[list[int]]
+    ) -> list[Result]:
+        sha = self._sha.get(script.name) or self._load(script)
+        pipe = self.client.pipeline(transaction=False)
+        for idx in groups:
+            keys = [k for i in idx for k in ops[i][0]]
+            joined = "\n".join([ops[i][1] for i in idx])
+            pipe.execute_command("EVALSHA", sha, len(keys), *keys, *cfg, joined)
+        replies = pipe.execute()
+        self.round_trips += 1
+        out: list[Result] = [""] * len(ops)
+        for idx, reply in zip(groups, replies, strict=True):
+            for i, r in zip(idx, reply.decode().split("\n"), strict=True):
+                out[i] = r
+        return out
+
+    def collect(self, ticket: list[Result]) -> list[Result]:
+        return ticket
+
+    def _drop_connection(self) -> None:
+        pass  # the cluster client manages (and re-makes) its node connections
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def group_by_slot(ops: Sequence[Op]) -> list[list[int]]:
+    """Positions of a batch's ops grouped by the Redis Cluster hash slot of their keys (all
+    keys of one op share a hash tag, so its first key decides), in batch order."""
+    from redis.crc import key_slot
+
+    groups: dict[int, list[int]] = {}
+    for i, (keys, _) in enumerate(ops):
+        groups.setdefault(key_slot(keys[0].encode()), []).append(i)
+    return list(groups.values())
+
+
+def redis_store(client: Any, scripts: Sequence[Script] = ()) -> RedisStore:
+    """The store for a client made by :func:`redis_client`: per-slot batches on a cluster."""
+    from redis.cluster import RedisCluster
+
+    cls = ClusterStore if isinstance(client, RedisCluster) else RedisStore
+    return cls(client, scripts)
+
+
 def pack(args: Sequence[Any]) -> bytes:
     """RESP encoding of one command. Every argument is ASCII here (addresses, numbers,
     names matching the topology's name pattern, Lua source), so length in characters is
@@ -279,20 +375,48 @@ def pack(args: Sequence[Any]) -> bytes:
     return "".join(parts).encode()
 
 
+def pack_batch(sha: str, cfg: Sequence[Any], ops: Sequence[Op]) -> bytes:
+    """``EVALSHA sha nkeys keys... cfg... ops`` in RESP, built by hand: per packet this is
+    one key and one slice of a joined string, where redis-py's generic packer would cost
+    more than the NF's whole per-packet work."""
+    keys = [k for ks, _ in ops for k in ks]
+    joined = "\n".join([a for _, a in ops])
+    head = [sha, str(len(keys))]
+    tail = [*map(str, cfg), joined]
+    return (
+        f"*{len(keys) + len(tail) + 3}\r\n$7\r\nEVALSHA\r\n"
+        + "".join([f"${len(a)}\r\n{a}\r\n" for a in head])
+        + "".join([f"${len(k)}\r\n{k}\r\n" for k in keys])
+        + "".join([f"${len(a)}\r\n{a}\r\n" for a in tail])
+    ).encode()
+
+
+CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
+
+
 def redis_client(url: str, timeout_s: float = 0.25) -> Any:
     """The one redis-py client of an NF process: short socket timeouts (a packet loop must
     not hang on a dead store), one quick retry with backoff inside redis-py, and our own
-    backoff above it (RedisStore)."""
+    backoff above it (RedisStore). A ``redis+cluster://`` (or ``rediss+cluster://``) URL
+    names any node of a Redis Cluster: the client discovers the others."""
     import redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
+    scheme, sep, rest = url.partition("://")
+    common = {
+        "socket_timeout": timeout_s,
+        "socket_connect_timeout": timeout_s,
+        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        "client_name": "nfsteer-nf",
+    }
+    if sep and scheme in CLUSTER_SCHEMES:
+        from redis.cluster import RedisCluster
+
+        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **common)
     return redis.Redis.from_url(
         url,
-        socket_timeout=timeout_s,
-        socket_connect_timeout=timeout_s,
-        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         health_check_interval=0,
-        client_name="nfsteer-nf",
+        **common,
     )

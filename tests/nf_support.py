@@ -23,7 +23,7 @@ from scapy.packet import Raw, raw
 from nf.config import settings_for_kind
 from nf.instance import build_nf
 from nf.runtime import Processor
-from nf.state import LocalStore, RedisStore, redis_client
+from nf.state import LocalStore, redis_client, redis_store
 
 REPO = Path(__file__).resolve().parents[1]
 NFSTEER = str(REPO / ".venv" / "bin" / "nfsteer")
@@ -96,7 +96,7 @@ def processor(kind: str, url: str | None, pool: str = "p", **overrides: Any) -> 
     """An NF of ``kind`` over Redis (url) or over local state (url None)."""
     settings = settings_for_kind(kind, {**SETTINGS[kind], **overrides})
     nf = build_nf(kind, pool, settings)
-    store = RedisStore(redis_client(url), [nf.script]) if url else LocalStore()
+    store = redis_store(redis_client(url), [nf.script]) if url else LocalStore()
     return Processor(nf, store, fail_open=False)
 
 
@@ -176,6 +176,7 @@ class NFProcess:
         self.logf = open(self.log, "w")  # noqa: SIM115 - closed in stop()
         self.proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=self.logf, text=True)
         self.final: dict | None = None
+        self.signalled = False
 
     def wait_ready(self, timeout: float = 15.0) -> None:
         deadline = time.monotonic() + timeout
@@ -192,9 +193,12 @@ class NFProcess:
 
     def signal(self, sig: int = signal.SIGTERM) -> None:
         self.proc.send_signal(sig)
+        self.signalled = True
 
     def stop(self, timeout: float = 10.0) -> int:
-        if self.proc.poll() is None:
+        # Not a second time: a signal arriving while the interpreter shuts down (its
+        # handlers already reset) would kill it and hide its exit status.
+        if self.proc.poll() is None and not self.signalled:
             self.proc.send_signal(signal.SIGTERM)
         try:
             out, _ = self.proc.communicate(timeout=timeout)

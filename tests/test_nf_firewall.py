@@ -98,8 +98,30 @@ def test_state_in_redis_has_ttl_and_survives_the_instance(redis_server):
     r = redis.Redis.from_url(redis_server.url)
     (key,) = r.keys("nfsteer:fw:p:*")
     assert key.decode() == f"nfsteer:fw:p:{{6:{C}:40000:{S}:80}}"
-    assert r.get(key).decode() == f"{ESTABLISHED}:0"
+    assert r.get(key).decode().startswith(f"{ESTABLISHED}0")  # state, initiator, time
     assert 100_000 < r.pttl(key) <= 120_000
+
+
+@pytest.mark.parametrize("state", ["redis", "local"])
+def test_established_traffic_keeps_the_connection_alive(redis_server, state):
+    """An unchanged state is rewritten only once per refresh interval (a tenth of the
+    timeout): packets in between only read, yet steady traffic never lets it expire."""
+    url = redis_server.url if state == "redis" else None
+    p = processor("firewall", url, tcp_established_timeout=1.0)
+    handshake(p)
+    if url:
+        r = redis.Redis.from_url(url)
+        (key,) = r.keys("nfsteer:fw:p:*")
+        written = r.get(key)
+        assert one(p, tcp(C, S, 40000, 80, "PA", b"x")) is not None
+        assert r.get(key) == written  # within the refresh interval: read only
+    for _ in range(12):  # 1.2 s of traffic, longer than the idle timeout
+        time.sleep(0.1)
+        assert one(p, tcp(C, S, 40000, 80, "PA", b"x")) is not None
+    if url:
+        assert r.get(key) != written and r.pttl(key) > 700
+    time.sleep(1.1)
+    assert one(p, tcp(C, S, 40000, 80, "PA", b"x")) is None
 
 
 def test_second_instance_carries_on_with_redis(redis_server):

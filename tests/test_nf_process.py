@@ -37,7 +37,7 @@ C, S = "10.0.0.1", "10.0.0.129"
 @pytest.fixture
 def veth():
     require(os.geteuid() == 0 and shutil.which("ip") is not None, "root and iproute2")
-    with veth_pair(unique_name("nf")) as pair:
+    with veth_pair(unique_name("np")) as pair:
         yield pair
 
 
@@ -140,7 +140,7 @@ def _nat_pair(state, redis_server, tmp_path, veths):
 @pytest.mark.parametrize("state", ["redis", "local"])
 def test_nat_connection_carried_on_by_another_process(redis_server, tmp_path, state):
     require(os.geteuid() == 0, "root")
-    with veth_pair(unique_name("nf")) as v1, veth_pair(unique_name("nf")) as v2:
+    with veth_pair(unique_name("np")) as v1, veth_pair(unique_name("np")) as v2:
         procs = _nat_pair(state, redis_server, tmp_path, [v1, v2])
         try:
             for p in procs:
