@@ -8,7 +8,12 @@ options as the ``nfsteer_options`` keyword.
 
 How a switch is programmed, always the same way: compute the table it should hold, compare
 with what it holds (read back with flow-stats and group-desc requests when it connects,
-tracked from then on), send only the difference, adds before deletes, with barriers.
+tracked from then on), send only the difference, adds before deletes, with barriers. After a
+change the table is updated rather than recomputed (:func:`controller.flows.update`), so a
+change costs what it moves; a switch that (re)connects gets the full computation.
+
+Port counters of every connected switch are polled every ``PORT_STATS_INTERVAL_S``
+(``app.port_stats``, read by the REST API, ``nfsteer status`` and the metrics).
 """
 
 from __future__ import annotations
@@ -41,14 +46,23 @@ from controller.topology import Routes, compute_routes, fabric_ports
 LOG = logging.getLogger("nfsteer.controller")
 OFP = ofproto_v1_3
 SENT_HISTORY = 8192  # recent messages per switch, to name the cause of an error reply
+PORT_STATS_INTERVAL_S = 2.0
+SEND_CHUNK = 64 * 1024  # bytes of OpenFlow messages handed to a connection at once
+PORT_STATS_KEYS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes")
 
 
 class ApplyResult:
     """The outcome of one change: which slots moved, and when the switches confirmed it."""
 
-    def __init__(self, changes: list[PoolChange], started: float):
+    def __init__(
+        self,
+        changes: list[PoolChange],
+        started: float,
+        on_done: Callable[[ApplyResult], None] | None = None,
+    ):
         self.changes = changes
         self.started = started
+        self._on_done = on_done  # called once, by the barrier reply that completes it
         self.barrier_done: float | None = None
         self._pending: set[tuple[int, int]] = set()  # (id of datapath, barrier xid)
         self._cond = threading.Condition()
@@ -65,12 +79,15 @@ class ApplyResult:
             self._cond.notify_all()
 
     def _answered(self, dp_key: int, xid: int | None, when: float | None) -> None:
+        """Record a barrier reply (xid None: the switch went away)."""
         with self._cond:
             if xid is None:
                 self._pending = {p for p in self._pending if p[0] != dp_key}
-            else:
+            elif (dp_key, xid) in self._pending:
                 self._pending.discard((dp_key, xid))
                 self.barrier_done = when
+                if self._sealed and not self._pending and self._on_done is not None:
+                    self._on_done(self)  # before waiters wake, so they see its effect
             self._cond.notify_all()
 
     @property
@@ -96,7 +113,10 @@ class Counters:
     switch_errors: int = 0
     switch_connects: int = 0
     port_events: int = 0
-    barrier_latency: deque = field(default_factory=lambda: deque(maxlen=1000))  # seconds
+    # seconds from a barrier request to its reply, per switch
+    barrier_latency: deque = field(default_factory=lambda: deque(maxlen=1000))
+    # seconds from apply() to the last switch's barrier reply for that change
+    change_latency: deque = field(default_factory=lambda: deque(maxlen=1000))
 
 
 @dataclass
@@ -106,6 +126,7 @@ class _Switch:
     name: str
     dp: Any
     installed: fl.Installed | None = None  # None until the read-back finished
+    desired: fl.Desired | None = None  # what it was last programmed to hold
     ports: dict[int, bool] = field(default_factory=dict)  # port -> up
     sent: OrderedDict = field(default_factory=OrderedDict)  # xid -> message
     barrier_sent_at: dict[int, float] = field(default_factory=dict)
@@ -127,7 +148,15 @@ class SteeringApp(app_manager.OSKenApp):
         topology = load_topology(self.options.topology)
         self.steering = Steering(topology, now=time.time())
         self.counters = Counters()
-        self._lock = threading.RLock()
+        # Held while the steering state or a switch's tables change; readers that need a
+        # consistent view of several pools (e.g. a snapshot for Redis) take it too.
+        self.lock = threading.RLock()
+        self._answered = threading.Condition(self.lock)  # a barrier reply came, a switch left
+        # (switch, port) -> {"rx_packets", "tx_packets", "rx_bytes", "tx_bytes"}; each
+        # value is replaced whole, so readers need no lock.
+        self.port_stats: dict[tuple[str, int], dict[str, int]] = {}
+        self._stop = threading.Event()
+        self._poller: threading.Thread | None = None
         self._listeners: list[Callable[[list[PoolChange], str], None]] = []
         self._switches: dict[str, _Switch] = {}
         self._fabric = fabric_ports(topology)
@@ -143,13 +172,13 @@ class SteeringApp(app_manager.OSKenApp):
     @property
     def datapaths(self) -> dict[str, Any]:
         """Connected switches by name."""
-        with self._lock:
+        with self.lock:
             return {n: s.dp for n, s in self._switches.items()}
 
     @property
     def switch_ports(self) -> dict[str, dict[int, bool]]:
         """Ports of each connected switch: port number -> up."""
-        with self._lock:
+        with self.lock:
             return {n: dict(s.ports) for n, s in self._switches.items()}
 
     def add_listener(self, fn: Callable[[list[PoolChange], str], None]) -> None:
@@ -160,7 +189,8 @@ class SteeringApp(app_manager.OSKenApp):
     ) -> ApplyResult:
         """Run a mutation, program every switch with the difference, notify listeners."""
         started = time.monotonic()
-        with self._lock:
+        with self.lock:
+            inputs = fl.table_inputs(self.steering)
             try:
                 out = mutation(self.steering)
             except Exception:
@@ -169,12 +199,14 @@ class SteeringApp(app_manager.OSKenApp):
                 self._program_all(None)
                 raise
             changes = [out] if isinstance(out, PoolChange) else list(out)
-            result = ApplyResult(changes, started)
+            result = ApplyResult(changes, started, self._record_latency)
             moved = sum(len(c.moved) for c in changes)
             if moved:
                 self.counters.rebalances += 1
                 self.counters.slots_moved += moved
-            self._program_all(result)
+            # No slot moved and no instance came, went or moved: the tables are the same.
+            if moved or fl.table_inputs(self.steering) != inputs:
+                self._program_all(result)
             result._seal()
         summary = ", ".join(
             f"{c.pool}: {len(c.moved)} slots moved, epoch {c.epoch}" for c in changes
@@ -187,21 +219,33 @@ class SteeringApp(app_manager.OSKenApp):
                 LOG.exception("change listener %r failed", fn)
         return result
 
+    def _record_latency(self, result: ApplyResult) -> None:
+        if result.barrier_done is not None:
+            self.counters.change_latency.append(result.barrier_done - result.started)
+
     def wait_synced(self, switch: str, timeout: float) -> bool:
         """True once ``switch`` connected and confirmed its full table (tests, tools)."""
         return self._sync_events[switch].wait(timeout)
 
+    def wait_confirmed(self, timeout: float) -> bool:
+        """True once every connected switch answered every barrier sent to it so far, i.e.
+        every change applied before this call is in the switches' tables (tests, tools)."""
+        with self._answered:
+            return self._answered.wait_for(
+                lambda: not any(sw.barrier_sent_at for sw in self._switches.values()), timeout
+            )
+
     def send_messages(self, switch: str, msgs: list[Any]) -> list[int]:
         """Send extra OpenFlow messages to a connected switch (diagnostics, tools); errors
         they cause are logged with them like those of the app's own messages."""
-        with self._lock:
+        with self.lock:
             sw = self._switches.get(switch)
             if sw is None:
                 raise KeyError(f"switch {switch!r} is not connected")
-            return [self._send(sw, m) for m in msgs]
+            return self._send_all(sw, msgs)
 
     def installed_table(self, switch: str) -> fl.Installed | None:
-        with self._lock:
+        with self.lock:
             sw = self._switches.get(switch)
             return (
                 None
@@ -212,14 +256,19 @@ class SteeringApp(app_manager.OSKenApp):
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self) -> Any:
-        if self.options.redis_url:
-            try:
-                from controller import service
+        # Membership and state in Redis when a URL is given; the REST API, metrics and
+        # CLI either way (unless the API is off).
+        try:
+            from controller import service
 
-                service.start_services(self)
-                self._services_started = True
-            except Exception:
-                LOG.exception("could not start the Redis-backed services")
+            service.start_services(self)
+            self._services_started = True
+        except Exception:
+            LOG.exception("could not start the controller's services")
+        self._poller = threading.Thread(
+            target=self._poll_port_stats, name="nfsteer-port-stats", daemon=True
+        )
+        self._poller.start()
         LOG.info(
             "steering %s: %d switches, %d pools, %d services",
             self.steering.topology.name,
@@ -230,6 +279,10 @@ class SteeringApp(app_manager.OSKenApp):
         return super().start()
 
     def close(self) -> None:
+        self._stop.set()
+        if self._poller is not None:
+            self._poller.join(PORT_STATS_INTERVAL_S + 1)
+            self._poller = None
         if self._services_started:
             self._services_started = False
             try:
@@ -237,7 +290,7 @@ class SteeringApp(app_manager.OSKenApp):
 
                 service.stop_services(self)
             except Exception:
-                LOG.exception("stopping the Redis-backed services failed")
+                LOG.exception("stopping the controller's services failed")
         super().close()
 
     # -- programming -----------------------------------------------------------------------
@@ -248,17 +301,24 @@ class SteeringApp(app_manager.OSKenApp):
                 self._program(sw, result)
 
     def _program(self, sw: _Switch, result: ApplyResult | None) -> None:
-        desired = fl.desired_table(self.steering, sw.name, self._routes)
-        steps = fl.diff(sw.installed or fl.Installed(), desired)
+        """Send ``sw`` what its table lacks. The first time (after the read-back) the
+        whole table is computed and compared; from then on only what the change touched."""
+        if sw.desired is None:
+            sw.desired = fl.desired(self.steering, sw.name, self._routes)
+            steps = fl.diff(sw.installed or fl.Installed(), sw.desired.table)
+        else:
+            sw.desired, keys = fl.update(sw.desired, self.steering, sw.name, self._routes)
+            steps = fl.diff(sw.installed or fl.Installed(), sw.desired.table, keys)
         if not steps:
             return
         last_barrier = None
-        for step, msg in zip(steps, ofmsg.messages(sw.dp, steps), strict=True):
-            xid = self._send(sw, msg)
+        xids = self._send_all(sw, ofmsg.messages(sw.dp, steps))
+        sent_at = time.monotonic()
+        for step, xid in zip(steps, xids, strict=True):
             if isinstance(step, fl.Barrier):
                 last_barrier = xid
                 self.counters.barriers_sent += 1
-                sw.barrier_sent_at[xid] = time.monotonic()
+                sw.barrier_sent_at[xid] = sent_at
             elif isinstance(step, fl.FlowAdd | fl.FlowDelete):
                 self.counters.flow_mods_sent += 1
             else:
@@ -271,12 +331,28 @@ class SteeringApp(app_manager.OSKenApp):
         LOG.debug("%s: sent %d flow-mods, %d group-mods", sw.name, counts["flow"], counts["group"])
 
     def _send(self, sw: _Switch, msg: Any) -> int:
-        sw.dp.set_xid(msg)
-        sw.sent[msg.xid] = msg
+        return self._send_all(sw, [msg])[0]
+
+    def _send_all(self, sw: _Switch, msgs: list[Any]) -> list[int]:
+        """Send messages in order; returns their xids. They are handed to the connection
+        in chunks of several messages: one queue hand-off and one write per chunk instead of
+        per message, which is most of the cost of a change that moves many slots."""
+        xids = []
+        chunk = bytearray()
+        for msg in msgs:
+            sw.dp.set_xid(msg)
+            msg.serialize()
+            sw.sent[msg.xid] = msg
+            xids.append(msg.xid)
+            chunk += msg.buf
+            if len(chunk) >= SEND_CHUNK:
+                sw.dp.send(bytes(chunk))
+                chunk.clear()
+        if chunk:
+            sw.dp.send(bytes(chunk))
         while len(sw.sent) > SENT_HISTORY:
             sw.sent.popitem(last=False)
-        sw.dp.send_msg(msg)
-        return msg.xid
+        return xids
 
     def _down_ports(self) -> set[tuple[str, int]]:
         return {
@@ -332,7 +408,7 @@ class SteeringApp(app_manager.OSKenApp):
         if name is None:
             LOG.warning("switch with dpid %#x is not in the topology: ignored", dpid)
             return
-        with self._lock:
+        with self.lock:
             self.counters.switch_connects += 1
             self._sync_events[name].clear()
             sw = _Switch(name=name, dp=dp)
@@ -366,7 +442,7 @@ class SteeringApp(app_manager.OSKenApp):
         self._collect(ev, "groups", "group_bodies")
 
     def _collect(self, ev: Any, what: str, attr: str) -> None:
-        with self._lock:
+        with self.lock:
             sw = self._switch_of(ev.msg.datapath)
             if sw is None or sw.installed is not None:
                 return
@@ -396,6 +472,7 @@ class SteeringApp(app_manager.OSKenApp):
         }
         self._port_changes(sw, ports, "at connect")
         sw.installed = current
+        sw.desired = None  # compared in full with what was read back
         result = ApplyResult([], time.monotonic())
         sw.synced = result
         before = self.counters.flow_mods_sent + self.counters.group_mods_sent
@@ -419,7 +496,7 @@ class SteeringApp(app_manager.OSKenApp):
         if port.port_no > OFP.OFPP_MAX:
             return
         up = msg.reason != OFP.OFPPR_DELETE and ofmsg.port_is_up(port)
-        with self._lock:
+        with self.lock:
             sw = self._switch_of(msg.datapath)
             if sw is None:
                 return
@@ -439,17 +516,42 @@ class SteeringApp(app_manager.OSKenApp):
                 )
                 self._program_all(None)
 
+    def _poll_port_stats(self) -> None:
+        """Ask every programmed switch for its port counters, until the app stops."""
+        while not self._stop.wait(PORT_STATS_INTERVAL_S):
+            with self.lock:
+                for sw in list(self._switches.values()):
+                    if sw.installed is None:
+                        continue
+                    try:
+                        self._send(sw, ofmsg.port_stats_request(sw.dp))
+                    except Exception:  # e.g. the connection is closing: next round
+                        LOG.debug("switch %s: port stats request failed", sw.name, exc_info=True)
+
+    @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
+    def _port_stats_reply(self, ev: Any) -> None:
+        with self.lock:
+            sw = self._switch_of(ev.msg.datapath)
+        if sw is None:
+            return
+        for st in ev.msg.body:
+            if st.port_no <= OFP.OFPP_MAX:
+                self.port_stats[(sw.name, st.port_no)] = {
+                    k: int(getattr(st, k)) for k in PORT_STATS_KEYS
+                }
+
     @set_ev_cls(ofp_event.EventOFPBarrierReply, MAIN_DISPATCHER)
     def _barrier_reply(self, ev: Any) -> None:
         now = time.monotonic()
         dp = ev.msg.datapath
         xid = ev.msg.xid
-        with self._lock:
+        with self.lock:
             sw = self._switch_of(dp)
             if sw is not None:
                 sent_at = sw.barrier_sent_at.pop(xid, None)
                 if sent_at is not None:
                     self.counters.barrier_latency.append(now - sent_at)
+                    self._answered.notify_all()
             results = self._results.pop((id(dp), xid), [])
         for r in results:
             r._answered(id(dp), xid, now)
@@ -459,7 +561,7 @@ class SteeringApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
         msg = ev.msg
-        with self._lock:
+        with self.lock:
             self.counters.switch_errors += 1
             sw = self._switch_of(msg.datapath)
             cause = sw.sent.get(msg.xid) if sw is not None else None
@@ -475,14 +577,17 @@ class SteeringApp(app_manager.OSKenApp):
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _disconnected(self, ev: Any) -> None:
         dp = ev.datapath
-        with self._lock:
+        with self.lock:
             sw = self._switch_of(dp)
             if sw is None:
                 return
             del self._switches[sw.name]
             self._sync_events[sw.name].clear()
+            for key in [k for k in self.port_stats if k[0] == sw.name]:
+                self.port_stats.pop(key, None)
             pending = [k for k in self._results if k[0] == id(dp)]
             results = [r for k in pending for r in self._results.pop(k)]
+            self._answered.notify_all()
         for r in results:
             r._answered(id(dp), None, None)
         LOG.info("switch %s disconnected", sw.name)

@@ -44,6 +44,14 @@ match and priority replaces the old entry atomically, so a slot changes owner wi
 gap), a barrier, then deletes, then a barrier. The same comparison serves rebalancing,
 port and link changes, controller restarts and switch reconnects: the switch's table is
 read back (table, priority, match, cookie) and only the difference is sent.
+
+A change to the pool state usually moves a few slots out of thousands, so a switch's
+desired table is kept (:class:`Desired`) and updated by :func:`update`: every entry but the
+slot entries is recomputed (they are few and depend on the instance set and routes), and
+only slot entries whose owner or owner's delivery changed are. :func:`update` also names
+the keys that may differ, so :func:`diff` compares only those. Both go through the same
+functions as the full computation (:func:`desired`), so they give the same table; a full
+computation and comparison is still what a (re)connecting switch gets.
 """
 
 from __future__ import annotations
@@ -52,7 +60,7 @@ import functools
 import hashlib
 import ipaddress
 import itertools
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
@@ -330,11 +338,113 @@ def service_matches(spec: MatchSpec) -> list[dict[str, Any]]:
 def _slot_flow(pool_id: int, slot: int, actions: tuple[Action, ...]) -> Flow:
     # Slot entries are most of a table and mostly unchanged from one change to the next:
     # reusing them keeps their (hashed) cookies, so recomputing a table stays cheap.
-    return Flow(T_SLOTS, PRIO_SLOT, make_match(metadata=pool_id, reg0=slot), (("apply", actions),))
+    return Flow(T_SLOTS, PRIO_SLOT, slot_key(pool_id, slot)[2], (("apply", actions),))
+
+
+@functools.lru_cache(maxsize=1 << 18)
+def slot_key(pool_id: int, slot: int) -> FlowKey:
+    return (T_SLOTS, PRIO_SLOT, make_match(metadata=pool_id, reg0=slot))
+
+
+@dataclass(frozen=True)
+class SlotSource:
+    """What one pool's slot entries on one switch are computed from."""
+
+    pool_id: int
+    assignment: tuple[str | None, ...]
+    deliver: Mapping[str, tuple[Action, ...] | None]  # instance -> actions (None: unreachable)
+
+    def entry(self, slot: int) -> Flow | None:
+        owner = self.assignment[slot]
+        actions = self.deliver.get(owner) if owner is not None else None
+        return None if actions is None else _slot_flow(self.pool_id, slot, actions)
+
+
+@dataclass
+class Desired:
+    """A switch's desired table, with what its slot entries were computed from."""
+
+    table: SwitchTable
+    base_keys: frozenset[FlowKey]  # every flow key but the slot entries'
+    slots: dict[str, SlotSource]  # pools steered by multipath on this switch
 
 
 def desired_table(steering: Steering, switch: str, routes: Routes) -> SwitchTable:
     """The complete table switch ``switch`` should hold for the current steering state."""
+    return desired(steering, switch, routes).table
+
+
+def desired(steering: Steering, switch: str, routes: Routes) -> Desired:
+    """:func:`desired_table`, keeping what :func:`update` needs for the next change."""
+    base, sources = _base_table(steering, switch, routes)
+    table = SwitchTable(dict(base.flows), base.groups)
+    for src in sources.values():
+        for slot in range(len(src.assignment)):
+            flow = src.entry(slot)
+            if flow is not None:
+                table.flows[flow.key] = flow
+    return Desired(table, frozenset(base.flows), sources)
+
+
+def update(
+    prev: Desired, steering: Steering, switch: str, routes: Routes
+) -> tuple[Desired, set[FlowKey]]:
+    """The desired table after a change, from the one before it, and the flow keys whose
+    entry may differ between the two (every other entry is the same).
+
+    Every entry but the slot entries is recomputed; a slot entry is recomputed when the
+    slot changed owner or its owner's delivery did (it moved, or a route to it changed).
+    """
+    base, sources = _base_table(steering, switch, routes)
+    flows = dict(prev.table.flows)
+    for key in prev.base_keys:
+        del flows[key]
+    flows.update(base.flows)
+    keys = set(prev.base_keys) | set(base.flows)
+    for pname, src in sources.items():
+        old = prev.slots.get(pname)
+        for slot in _changed_slots(old, src):
+            key = slot_key(src.pool_id, slot)
+            keys.add(key)
+            flow = src.entry(slot)
+            if flow is None:
+                flows.pop(key, None)
+            else:
+                flows[key] = flow
+    return Desired(SwitchTable(flows, base.groups), frozenset(base.flows), sources), keys
+
+
+def _changed_slots(old: SlotSource | None, new: SlotSource) -> Iterable[int]:
+    if old is None or old.pool_id != new.pool_id or len(old.assignment) != len(new.assignment):
+        return range(len(new.assignment))
+    changed = {
+        n
+        for n in old.deliver.keys() | new.deliver.keys()
+        if old.deliver.get(n) != new.deliver.get(n)
+    }
+    if not changed and old.assignment == new.assignment:
+        return ()
+    return [
+        slot
+        for slot, (was, now) in enumerate(zip(old.assignment, new.assignment, strict=True))
+        if was != now or now in changed
+    ]
+
+
+def table_inputs(steering: Steering) -> tuple:
+    """Everything but the slot assignment that switch tables are computed from and that
+    a pool change can alter: which instances exist, and where and what they are."""
+    return tuple(
+        (p, n, i.switch, i.port, i.mac, i.ip)
+        for p, ps in sorted(steering.pools.items())
+        for n, i in sorted(ps.instances.items())
+    )
+
+
+def _base_table(
+    steering: Steering, switch: str, routes: Routes
+) -> tuple[SwitchTable, dict[str, SlotSource]]:
+    """Every entry but the slot entries, and what the slot entries are computed from."""
     topo = steering.topology
     mode = topo.switches[switch].steering
     pids = pool_ids(topo)
@@ -407,6 +517,7 @@ def desired_table(steering: Steering, switch: str, routes: Routes) -> SwitchTabl
         used_pools.add(svc.pool)
 
     # table 1 (or the pool's select group): slot -> instance.
+    sources: dict[str, SlotSource] = {}
     for pname in sorted(used_pools):
         pool = steering.pools[pname]
         pid = pids[pname]
@@ -423,11 +534,7 @@ def desired_table(steering: Steering, switch: str, routes: Routes) -> SwitchTabl
             )
             table.groups[pid] = Group(pid, buckets)  # type: ignore[arg-type]
             continue
-        for slot, owner in enumerate(pool.assignment):
-            actions = deliver.get(owner) if owner is not None else None
-            if actions is not None:
-                flow = _slot_flow(pid, slot, actions)
-                table.flows[flow.key] = flow
+        sources[pname] = SlotSource(pid, tuple(pool.assignment), deliver)
 
     # table 2: forwarding.
     for (pname, iname), vid in sorted(vids.items()):
@@ -473,14 +580,20 @@ def desired_table(steering: Steering, switch: str, routes: Routes) -> SwitchTabl
             continue
         table.add(arp_responder(ip))
         table.add(Flow(T_FORWARD, PRIO_IP, make_match(eth_type=ETH_IPV4, ipv4_dst=ip), ()))
-    return table
+    return table, sources
 
 
 # -- diff -------------------------------------------------------------------------------------
 
 
-def diff(current: Installed, desired: SwitchTable) -> list[Step]:
+def diff(
+    current: Installed, desired: SwitchTable, keys: Collection[FlowKey] | None = None
+) -> list[Step]:
     """Ordered steps that turn ``current`` into ``desired``; [] when they are equal.
+
+    ``keys``, when given, limits the flow comparison to those keys: the caller knows every
+    other entry of ``current`` already equals ``desired`` (see :func:`update`). Groups are
+    always compared.
 
     Adds and modifies go first (later tables before the tables that jump to them, so no
     packet is sent to an entry that does not exist yet), then a barrier, then deletes
@@ -493,21 +606,24 @@ def diff(current: Installed, desired: SwitchTable) -> list[Step]:
             steps.append(GroupAdd(group))
         elif current.groups[gid] != group.buckets:
             steps.append(GroupModify(group))
-    adds = [f for k, f in desired.flows.items() if current.flows.get(k) != f.cookie]
+    wanted = desired.flows
+    if keys is None:
+        adds = [f for k, f in wanted.items() if current.flows.get(k) != f.cookie]
+        gone: Iterable[FlowKey] = (k for k in current.flows if k not in wanted)
+    else:
+        adds = [wanted[k] for k in keys if k in wanted and current.flows.get(k) != wanted[k].cookie]
+        gone = (k for k in keys if k not in wanted and k in current.flows)
     adds.sort(key=lambda f: (-f.table, -f.priority, repr(f.match)))
     steps += [FlowAdd(f) for f in adds]
     if steps:
         steps.append(Barrier())
-    deletes = sorted(
-        (k for k in current.flows if k not in desired.flows),
-        key=lambda k: (k[0], -k[1], repr(k[2])),
-    )
+    deletes = sorted(gone, key=lambda k: (k[0], -k[1], repr(k[2])))
     if deletes:
         steps += [FlowDelete(k) for k in deletes]
         steps.append(Barrier())
-    gone = sorted(g for g in current.groups if g not in desired.groups)
-    if gone:
-        steps += [GroupDelete(g) for g in gone]
+    gone_groups = sorted(g for g in current.groups if g not in desired.groups)
+    if gone_groups:
+        steps += [GroupDelete(g) for g in gone_groups]
         steps.append(Barrier())
     return steps
 

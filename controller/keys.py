@@ -11,9 +11,14 @@ Registration contract (what an NF instance does; README "Registration contract")
    ``SET nfsteer:{P}:hb:N TS PX TTL``, then ``PUBLISH nfsteer:{P}:events "register N"``.
    N is the instance name; when N is listed under the pool in the topology file, the
    controller knows its switch and port from there.
-2. **Heartbeat** every ``HEARTBEAT_INTERVAL_MS``: ``SET nfsteer:{P}:hb:N TS PX TTL``. The
-   controller treats an instance whose heartbeat key has expired as failed, and one whose
-   heartbeat returns as rejoining.
+2. **Heartbeat** every TTL / ``HEARTBEAT_INTERVAL_FRACTION`` (TTL ``HEARTBEAT_TTL_MS`` by
+   default: a beat every ``HEARTBEAT_INTERVAL_MS``; an interval may be chosen, but it must
+   stay below TTL / 2): ``SET nfsteer:{P}:hb:N TS PX TTL``, TS the wall-clock time in
+   seconds. The beat must come from the code that processes packets (in ``nfsteer nf``
+   the packet loop sends it in the same pipelined round trip as a state batch, or alone
+   when idle), so a hung instance stops beating even if its process lives on. The
+   controller treats an instance whose heartbeat key has expired (or not been refreshed
+   for its own heartbeat TTL) as failed, and one whose heartbeat returns as rejoining.
 3. **Capacity change**: ``HSET nfsteer:{P}:inst:N capacity C`` and
    ``PUBLISH nfsteer:{P}:events "update N"``.
 4. **Drain and deregister** on SIGTERM: ``HSET nfsteer:{P}:inst:N state draining`` and
@@ -30,7 +35,8 @@ from __future__ import annotations
 
 PREFIX = "nfsteer"
 HEARTBEAT_TTL_MS = 500
-HEARTBEAT_INTERVAL_MS = 100
+HEARTBEAT_INTERVAL_FRACTION = 5  # beats per TTL: four may be late or lost before expiry
+HEARTBEAT_INTERVAL_MS = HEARTBEAT_TTL_MS // HEARTBEAT_INTERVAL_FRACTION
 DRAIN_GRACE_S = 5.0
 
 POOLS = f"{PREFIX}:pools"  # set of pool names known to the controller

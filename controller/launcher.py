@@ -29,6 +29,7 @@ from controller.options import (
     LOG_LEVELS,
     Options,
     OptionsError,
+    parse_api,
     parse_hostport,
 )
 
@@ -54,7 +55,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--api",
         default="{}:{}".format(*DEFAULT_API),
         metavar="HOST:PORT",
-        help="REST API and metrics address (default %(default)s)",
+        help="REST API and metrics address, or 'off' for none (default %(default)s); "
+        "an address that is not loopback needs --api-token",
     )
     p.add_argument("--api-token", metavar="TOKEN", help="token required by changing API calls")
     p.add_argument(
@@ -81,7 +83,7 @@ def options_from_args(args: argparse.Namespace) -> Options:
             topology=args.topology,
             redis_url=args.redis,
             listen=parse_hostport(args.listen, DEFAULT_LISTEN, "--listen"),
-            api=parse_hostport(args.api, DEFAULT_API, "--api"),
+            api=parse_api(args.api, "--api"),
             api_token=args.api_token,
             heartbeat_ttl_ms=args.heartbeat_ttl_ms,
             log_level=args.log_level,

@@ -193,7 +193,7 @@ def _remove(pool: str, name: str, now: float, only_from: tuple[InstanceState, ..
 
 def app_lock(app: Any) -> Any:
     """The lock under which the app mutates its Steering."""
-    return app._lock
+    return app.lock
 
 
 # --- the running part -----------------------------------------------------------------

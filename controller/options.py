@@ -10,11 +10,15 @@ NFSTEER_TOPOLOGY           topology YAML file (required)                     -
 NFSTEER_REDIS              Redis URL (``redis://[:password@]host:port/db``)  no Redis
 NFSTEER_LISTEN             OpenFlow HOST:PORT (informational: the listener   127.0.0.1:6653
                            belongs to the AppManager's os-ken CONF)
-NFSTEER_API                REST API / metrics HOST:PORT                      127.0.0.1:8080
+NFSTEER_API                REST API / metrics HOST:PORT, or ``off``          127.0.0.1:8080
 NFSTEER_API_TOKEN          bearer token the REST API requires for changes    none
+                           (required when the API is not on loopback)
 NFSTEER_HEARTBEAT_TTL_MS   heartbeat expiry for registered instances         500
 NFSTEER_LOG_LEVEL          DEBUG, INFO, WARNING, ERROR                       INFO
 =========================  ================================================  ==============
+
+``api`` is None (``--api off``, ``NFSTEER_API=off``) to run without the REST API and metrics
+endpoint, e.g. for several controllers in one process.
 """
 
 from __future__ import annotations
@@ -26,6 +30,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+API_OFF = "off"
 DEFAULT_LISTEN = ("127.0.0.1", 6653)
 DEFAULT_API = ("127.0.0.1", 8080)
 DEFAULT_HEARTBEAT_TTL_MS = 500
@@ -40,7 +45,7 @@ class Options:
     topology: Path
     redis_url: str | None = None
     listen: tuple[str, int] = DEFAULT_LISTEN
-    api: tuple[str, int] = DEFAULT_API
+    api: tuple[str, int] | None = DEFAULT_API  # None: no REST API / metrics endpoint
     api_token: str | None = None
     heartbeat_ttl_ms: int = DEFAULT_HEARTBEAT_TTL_MS
     log_level: str = "INFO"
@@ -61,6 +66,14 @@ class Options:
             ("redis://", "rediss://", "unix://")
         ):
             raise OptionsError("Redis URL must start with redis://, rediss:// or unix://")
+        if self.api is not None:
+            # The rule lives with the API server; imported here only when it applies.
+            from controller.api import ApiConfigError, check_listen
+
+            try:
+                check_listen(self.api[0], self.api_token)
+            except ApiConfigError as e:
+                raise OptionsError(str(e)) from None
         object.__setattr__(self, "log_level", self.log_level.upper())
         object.__setattr__(self, "topology", Path(self.topology))
 
@@ -79,11 +92,18 @@ class Options:
             topology=Path(topology),
             redis_url=env.get("NFSTEER_REDIS") or None,
             listen=parse_hostport(env.get("NFSTEER_LISTEN", ""), DEFAULT_LISTEN, "NFSTEER_LISTEN"),
-            api=parse_hostport(env.get("NFSTEER_API", ""), DEFAULT_API, "NFSTEER_API"),
+            api=parse_api(env.get("NFSTEER_API", ""), "NFSTEER_API"),
             api_token=env.get("NFSTEER_API_TOKEN") or None,
             heartbeat_ttl_ms=ttl_ms,
             log_level=env.get("NFSTEER_LOG_LEVEL", "INFO"),
         )
+
+
+def parse_api(text: str, what: str = "--api") -> tuple[str, int] | None:
+    """The API address: like :func:`parse_hostport`, or ``off`` for no API."""
+    if text.strip().lower() == API_OFF:
+        return None
+    return parse_hostport(text, DEFAULT_API, what)
 
 
 def parse_hostport(text: str, default: tuple[str, int], what: str = "address") -> tuple[str, int]:

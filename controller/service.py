@@ -48,7 +48,6 @@ def start_services(app: Any) -> Services:
     from controller.api import ApiConfigError, ApiServer, check_listen, create_api
 
     options = app.options
-    host, port = options.api
     services = Services(app)
     if options.redis_url:
         from controller.membership import Membership
@@ -60,15 +59,17 @@ def start_services(app: Any) -> Services:
             log.warning("redis unreachable at start: running from the topology until it is back")
         app.add_listener(services.membership.on_change)
         services.membership.start()
-    try:
-        check_listen(host, options.api_token)
-        services.api_server = ApiServer(
-            create_api(app, services.membership, services.store), host, port
-        )
-        services.api_server.start()
-    except (ApiConfigError, OSError) as e:
-        services.api_server = None
-        log.error("REST API not started: %s", e)
+    if options.api is not None:  # None: the API is off
+        host, port = options.api
+        try:
+            check_listen(host, options.api_token)
+            services.api_server = ApiServer(
+                create_api(app, services.membership, services.store), host, port
+            )
+            services.api_server.start()
+        except (ApiConfigError, OSError) as e:
+            services.api_server = None
+            log.error("REST API not started: %s", e)
     with _lock:
         _running[id(app)] = services
     return services

@@ -1,9 +1,11 @@
 """The controller against real Open vSwitch bridges (userspace datapath).
 
-Each test builds its own bridges (prefix ``co``), runs the controller in this process
-(``start_in_thread``) or as the real ``nfsteer controller`` process, and checks the switch
-with ``ofproto/trace`` (the switch's own verdict, including its multipath hash) and with
-flow/group dumps.
+Each test builds its own bridges (prefix ``c3``), runs the controller in this process
+(``start_in_thread``, without the REST API unless the test uses it) or as the real
+``nfsteer controller`` process, and checks the switch with ``ofproto/trace`` (the switch's
+own verdict, including its multipath hash) and with flow/group dumps. A test waits for the
+app's barrier replies (``ApplyResult.wait``, ``app.wait_confirmed``) before it looks at the
+switch, never for a fixed time.
 """
 
 from __future__ import annotations
@@ -16,6 +18,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -29,7 +32,8 @@ from controller.config import load_topology
 from controller.hashing import FiveTuple
 from controller.launcher import start_in_thread
 from controller.options import Options
-from controller.state import InstanceInfo, InstanceState
+from controller.service import services_of
+from controller.state import InstanceInfo, InstanceState, Steering
 from controller.topology import compute_routes
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(120)]
@@ -49,7 +53,7 @@ def bridges(ovs) -> Iterator:
     made: list[Bridge] = []
 
     def make(dpid: int, ports: list[int]) -> Bridge:
-        b = Bridge(unique_name("co"), dpid, ports)
+        b = Bridge(unique_name("c3"), dpid, ports)
         made.append(b)
         return b
 
@@ -62,8 +66,9 @@ def bridges(ovs) -> Iterator:
 def controller() -> Iterator:
     stops = []
 
-    def start(topology: Path):
-        app, stop = start_in_thread(Options(topology=topology, listen=("127.0.0.1", 0)))
+    def start(topology: Path, **kw):
+        kw.setdefault("api", None)  # tests run side by side: no fixed API port
+        app, stop = start_in_thread(Options(topology=topology, listen=("127.0.0.1", 0), **kw))
         stops.append(stop)
         return app, stop
 
@@ -138,6 +143,7 @@ def delivered(unixctl, bridge, flows, in_port=1) -> list[int | None]:
 
 def test_flows_reach_the_instance_the_assignment_names(tmp_path, bridges, controller, unixctl):
     app, _ = controller(write_topology(tmp_path))
+    assert services_of(app).api_server is None  # started with the API off
     br = bridges(1, SINGLE_PORTS)
     connect(app, br)
     flows = random_flows(1000, seed=11)
@@ -178,6 +184,7 @@ def test_remove_add_reweight_move_the_minimum(tmp_path, bridges, controller, uni
     mods_before = app.counters.flow_mods_sent
     result = app.apply(lambda s: s.remove_instance("fw", "fw2", time.time()), "test: remove")
     assert result.wait(10) and result.barrier_done is not None
+    assert app.counters.change_latency[-1] == result.barrier_done - result.started
     moved_slots = len(result.changes[0].moved)
     # flow-mods: the moved slots, plus fw2's own entries going away (its port in table 0;
     # VID, ARP, IPv4 and MAC forwarding in table 2)
@@ -206,6 +213,12 @@ def test_remove_add_reweight_move_the_minimum(tmp_path, bridges, controller, uni
     want = [port_of(app, app.steering.lookup("fw", ft)) for ft in flows]
     assert after == want
 
+    # a change that changes nothing sends nothing and is done at once
+    sent = (app.counters.flow_mods_sent, app.counters.barriers_sent)
+    result = app.apply(lambda s: s.set_capacity("fw", "fw1", 3, time.time()), "test: same")
+    assert result.changes[0].moved == () and result.wait(0) and result.barrier_done is None
+    assert (app.counters.flow_mods_sent, app.counters.barriers_sent) == sent
+
 
 def test_instance_port_down_moves_its_slots_to_survivors(tmp_path, bridges, controller, unixctl):
     app, _ = controller(write_topology(tmp_path))
@@ -221,21 +234,18 @@ def test_instance_port_down_moves_its_slots_to_survivors(tmp_path, bridges, cont
         return app.steering.pools["fw"].instances["fw3"].state
 
     wait_for(lambda: fw3_state() is InstanceState.FAILED, 10, "fw3 to be failed")
-    wait_for(lambda: 13 not in delivered(unixctl, br, flows), 10, "fw3's flows to move")
+    assert app.wait_confirmed(10), "the switch did not confirm the change"
     took = time.monotonic() - t0
     after = delivered(unixctl, br, flows)
+    assert 13 not in after and None not in after
     assert all(a == 13 for a, b in zip(before, after, strict=True) if a != b)
-    assert None not in after
     print(f"port down -> slots moved and confirmed in {took * 1000:.0f} ms")
     # a static instance whose port comes back takes its share again
     subprocess.run(["ip", "link", "set", br.port_name(13), "up"], check=True)
     wait_for(lambda: fw3_state() is InstanceState.ACTIVE, 10, "fw3 to be active again")
-
-    def as_assigned():
-        want = [port_of(app, app.steering.lookup("fw", ft)) for ft in flows]
-        return 13 in want and delivered(unixctl, br, flows) == want
-
-    wait_for(as_assigned, 10, "fw3 to take its share again")
+    assert app.wait_confirmed(10), "the switch did not confirm the change"
+    want = [port_of(app, app.steering.lookup("fw", ft)) for ft in flows]
+    assert 13 in want and delivered(unixctl, br, flows) == want
 
 
 def test_controller_restart_leaves_the_table_untouched(tmp_path, bridges, controller, unixctl):
@@ -313,12 +323,54 @@ def test_switch_error_is_logged_with_its_cause(tmp_path, bridges, controller, ca
 # -- the real process ------------------------------------------------------------------------
 
 
+def _send_frames(bridge: Bridge, port: int, flows: list[FiveTuple]) -> None:
+    import socket
+
+    from scapy.layers.inet import IP, TCP
+    from scapy.layers.l2 import Ether
+
+    sender = socket.socket(socket.AF_PACKET, socket.SOCK_RAW)
+    try:
+        sender.bind((bridge.port_name(port), 0))
+        for ft in flows:
+            frame = (
+                Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:81")
+                / IP(src=ft.src, dst=ft.dst)
+                / TCP(sport=ft.sport, dport=ft.dport, flags="S")
+            )
+            sender.send(bytes(frame))
+    finally:
+        sender.close()
+
+
+def _status_traffic(api: str) -> dict[str, int]:
+    """Instance -> packets in the RX/TX column of `nfsteer status` (absent: "-")."""
+    r = subprocess.run(
+        [str(NFSTEER), "status", "--api", api], capture_output=True, text=True, timeout=30
+    )
+    assert r.returncode == 0, r.stderr
+    lines = r.stdout.splitlines()
+    head = lines[1].split()
+    assert head[:2] == ["POOL", "INSTANCE"] and "RX/TX" in head
+    out = {}
+    for line in lines[2:]:
+        cols = line.split()
+        if len(cols) >= len(head) and cols[0] == "fw" and "/" in cols[6]:
+            rx, tx = cols[6].split("/")
+            out[cols[1]] = int(rx) + int(tx)
+    return out
+
+
 def test_nfsteer_controller_process(tmp_path, bridges):
+    """The real process, without Redis: it programs the switch, and its REST API serves
+    `nfsteer status` with the instance ports' packet counters."""
     topo = write_topology(tmp_path)
-    port = free_port()
+    port, api_port = free_port(), free_port()
+    api = f"http://127.0.0.1:{api_port}"
     env = dict(os.environ, PYTHONUNBUFFERED="1")
+    cmd = [str(NFSTEER), "controller", "--topology", str(topo), "--listen", f"127.0.0.1:{port}"]
     proc = subprocess.Popen(
-        [str(NFSTEER), "controller", "--topology", str(topo), "--listen", f"127.0.0.1:{port}"],
+        [*cmd, "--api", f"127.0.0.1:{api_port}"],
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
@@ -328,6 +380,17 @@ def test_nfsteer_controller_process(tmp_path, bridges):
         br = bridges(1, SINGLE_PORTS)
         br.set_controller(port)
         wait_for(lambda: len(br.flows()) > 4096, 30, "the process to program the switch")
+        flows = random_flows(200, seed=16)
+        steering = Steering(load_topology(topo))
+        sent = Counter(steering.lookup("fw", ft) for ft in flows)
+        assert len(sent) == 4  # every instance gets some
+        _send_frames(br, 1, flows)
+
+        def counted() -> bool:
+            traffic = _status_traffic(api)
+            return set(traffic) == set(sent) and all(traffic[n] >= c for n, c in sent.items())
+
+        wait_for(counted, 15, "nfsteer status to show the frames on the instance ports")
         proc.send_signal(signal.SIGTERM)
         _, err = proc.communicate(timeout=15)
     finally:
@@ -347,6 +410,8 @@ def test_nfsteer_controller_process(tmp_path, bridges):
         (["--topology", str(SINGLE), "--listen", "nohost:1"], "--listen"),
         (["--topology", str(SINGLE), "--heartbeat-ttl-ms", "0"], "heartbeat"),
         (["--topology", str(SINGLE), "--redis", "http://x"], "Redis URL"),
+        (["--topology", str(SINGLE), "--api", "0.0.0.0:18080"], "--api-token"),
+        (["--topology", str(SINGLE), "--api", "nohost:1"], "--api"),
     ],
 )
 def test_nfsteer_controller_bad_arguments(args, message):
@@ -411,10 +476,15 @@ def test_three_switches_tagged_paths_and_link_down(tmp_path, bridges, controller
     # each switch reports its port deleted): routed around through s2
     brs["s1"].unpatch(23, brs["s3"], 21)
 
-    def via_s2():
-        return [switch_of[b] for b, _ in trace(unixctl, brs["s1"], 11, ft)] == ["s1", "s2", "s3"]
+    def link_gone() -> bool:
+        ports = app.switch_ports
+        return ports["s1"].get(23) is False and ports["s3"].get(21) is False
 
-    wait_for(via_s2, 10, "traffic to be routed around the failed link")
+    # The app reprograms under its lock as it records a port down, so once both ends are
+    # recorded, waiting for every barrier covers the whole reroute (table 2 and table 1).
+    wait_for(link_gone, 10, "both ends of the link to be reported deleted")
+    assert app.wait_confirmed(10), "the switches did not confirm the reroute"
+    assert [switch_of[b] for b, _ in trace(unixctl, brs["s1"], 11, ft)] == ["s1", "s2", "s3"]
     for ft in flows[:100]:
         owner = app.steering.pools["fw"].instances[app.steering.lookup("fw", ft)]
         outputs = trace(unixctl, brs["s1"], 1, ft)

@@ -283,10 +283,10 @@ def test_responder_round_trips_through_openflow_encoding():
 @pytest.fixture
 def services_bridge(ovs) -> Iterator[tuple]:
     """The services topology on a real bridge, programmed by the controller."""
-    app, stop = start_in_thread(Options(topology=SERVICES, listen=("127.0.0.1", 0)))
+    app, stop = start_in_thread(Options(topology=SERVICES, listen=("127.0.0.1", 0), api=None))
     br = None
     try:
-        br = Bridge(unique_name("va"), 1, SERVICES_PORTS)
+        br = Bridge(unique_name("c3v"), 1, SERVICES_PORTS)
         br.set_controller(app.options.listen[1])
         assert app.wait_synced("s1", 30), "s1 did not finish its first programming"
         yield app, br, stop
