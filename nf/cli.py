@@ -53,7 +53,20 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         metavar="S",
         help="on SIGTERM, longest wait for the controller to move the slots away",
     )
-    p.add_argument("--heartbeat-ttl-ms", type=int, default=keys.HEARTBEAT_TTL_MS)
+    p.add_argument(
+        "--heartbeat-ttl-ms",
+        type=int,
+        default=keys.HEARTBEAT_TTL_MS,
+        metavar="MS",
+        help="expiry of the heartbeat key (default %(default)s)",
+    )
+    p.add_argument(
+        "--heartbeat-interval-ms",
+        type=int,
+        metavar="MS",
+        help=f"time between heartbeats, below half the TTL (default: TTL / "
+        f"{keys.HEARTBEAT_INTERVAL_FRACTION})",
+    )
     p.add_argument("--log-level", default="INFO", choices=("DEBUG", "INFO", "WARNING", "ERROR"))
 
 
@@ -70,6 +83,7 @@ def run(args: argparse.Namespace) -> int:
     from controller.cli import UsageError
     from controller.config import NAME_RE, load_topology
     from nf.config import settings_for_kind
+    from nf.heartbeat import Heartbeat, default_interval_ms, interval_error
 
     name = args.name or default_name(args.interface)
     if not NAME_RE.match(name):
@@ -80,6 +94,12 @@ def run(args: argparse.Namespace) -> int:
         raise UsageError("--batch must be between 1 and 4096")
     if args.capacity is not None and not 0 < args.capacity <= 1_000_000:
         raise UsageError("--capacity must be above 0")
+    hb_error = interval_error(args.heartbeat_ttl_ms, args.heartbeat_interval_ms)
+    if hb_error:
+        raise UsageError(hb_error)
+    hb_interval_ms = args.heartbeat_interval_ms
+    if hb_interval_ms is None:
+        hb_interval_ms = default_interval_ms(args.heartbeat_ttl_ms)
     if not os.path.exists(f"/sys/class/net/{args.interface}"):
         raise UsageError(f"interface {args.interface!r} does not exist")
 
@@ -129,11 +149,19 @@ def run(args: argparse.Namespace) -> int:
     except OSError as e:
         raise UsageError(f"cannot open a packet socket on {args.interface}: {e}") from None
     processor = Processor(nf, store, args.fail_open)
-    loop = PacketLoop(processor, sock, args.batch)
-    reg = None
+    reg = heartbeat = beats_store = None
     if client is not None:
         ident = Identity(name, args.pool, args.kind, mac, ip, args.interface, capacity)
         reg = Registration(client, ident, args.heartbeat_ttl_ms)
+        # Beats ride along with the state batches; with local state they need a store
+        # connection of their own.
+        channel = store
+        if args.state != "redis":
+            channel = beats_store = redis_store(client)
+        heartbeat = Heartbeat(
+            channel, keys.heartbeat(args.pool, name), args.heartbeat_ttl_ms, hb_interval_ms
+        )
+    loop = PacketLoop(processor, sock, args.batch, heartbeat)
     describe = {
         "name": name,
         "pool": args.pool,
@@ -155,5 +183,7 @@ def run(args: argparse.Namespace) -> int:
     finally:
         sock.close()
         store.close()
+        if beats_store is not None:
+            beats_store.close()
         if client is not None:
             client.close()

@@ -1,5 +1,6 @@
-"""One running NF instance: the packet loop plus a side thread for registration,
-heartbeats, draining and stats."""
+"""One running NF instance: the packet loop (which also sends the heartbeats) plus a side
+thread for registration, draining and stats. The side thread shares no lock and no
+connection with the loop, so a slow store or a slow stats write cannot hold packets up."""
 
 from __future__ import annotations
 
@@ -49,6 +50,10 @@ class Instance:
         self.reg = registration
         self.stats_file = stats_file
         self.stats_interval_s = stats_interval_s
+        hb = loop.heartbeat
+        self.check_interval_s = (
+            hb.interval_s if hb is not None else keys.HEARTBEAT_INTERVAL_MS / 1000
+        )
         self.drain_grace_s = drain_grace_s
         self.describe = describe or {}
         self.drain_requested = threading.Event()
@@ -61,12 +66,15 @@ class Instance:
         return self.loop.p
 
     def stats(self) -> dict[str, Any]:
-        return {
+        out = {
             **self.describe,
             "state": self.state,
             "time": round(time.time(), 3),
             "counters": self.processor.counters.snapshot(self.processor.store),
         }
+        if self.loop.heartbeat is not None:
+            out["heartbeat"] = self.loop.heartbeat.stats()
+        return out
 
     def request_stop(self, *_: Any) -> None:
         """SIGTERM/SIGINT: drain first; a second signal stops at once."""
@@ -85,6 +93,8 @@ class Instance:
         finally:
             self._done.set()
             side.join(2)
+            if self.loop.heartbeat is not None:
+                self.loop.heartbeat.enabled = False
             if self.reg is not None and self.reg.registered:
                 self._redis(self.reg.deregister)
             self.state = "stopped"
@@ -109,13 +119,20 @@ class Instance:
         return out
 
     def _side(self) -> None:
-        interval = keys.HEARTBEAT_INTERVAL_MS / 1000
         next_stats = 0.0
         deadline = None
+        hb = self.loop.heartbeat
         while not self._done.is_set():
             now = time.monotonic()
-            if self.reg is not None:
-                self._redis(self.reg.heartbeat)
+            # Registered (again, if the store lost the hash): the loop may beat. Not again
+            # for a loop that has stopped beating: registering sets the heartbeat too.
+            if (
+                self.reg is not None
+                and (hb is None or hb.loop_alive(now))
+                and self._redis(self.reg.ensure)
+                and hb is not None
+            ):
+                hb.enabled = True
             if self.drain_requested.is_set():
                 if deadline is None:
                     deadline = now + self.drain_grace_s
@@ -135,7 +152,7 @@ class Instance:
             if now >= next_stats:
                 next_stats = now + self.stats_interval_s
                 self._write_stats()
-            self._done.wait(interval)
+            self._done.wait(self.check_interval_s)
 
     def _write_stats(self) -> None:
         stats = self.stats()

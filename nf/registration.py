@@ -70,9 +70,20 @@ class Registration:
             log.info("registered %s in pool %s", i.name, i.pool)
         self.registered = True
 
+    def ensure(self) -> bool:
+        """Register, or register again if the instance hash is gone (e.g. the store
+        restarted empty), so an instance never stays invisible. True once registered."""
+        i = self.id
+        if not self.registered or not self.r.exists(keys.instance(i.pool, i.name)):
+            if self.registered:
+                log.info("instance hash of %s is gone: registering again", i.name)
+            self.register()
+        return True
+
     def heartbeat(self) -> None:
-        """Refresh the heartbeat; register again if the instance hash is gone (e.g. the
-        store restarted empty), so an instance never stays invisible."""
+        """Refresh the heartbeat and :meth:`ensure` the registration in one round trip.
+        For a process that beats from a loop of its own; ``nfsteer nf`` beats from its
+        packet loop instead (nf/heartbeat.py)."""
         i = self.id
         if not self.registered:
             self.register()

@@ -21,11 +21,13 @@ import select
 import socket
 import struct
 import threading
+import time
 from collections import Counter
 from collections.abc import Sequence
 from typing import Any
 
 from nf.base import NetworkFunction
+from nf.heartbeat import Heartbeat
 from nf.packet import NOT_STEERED, parse
 from nf.state import LocalStore, RedisStore, StoreUnavailable
 
@@ -105,9 +107,13 @@ class Processor:
             out += self.finish(pending)
         return out
 
-    def prepare(self, frames: Sequence[bytes]) -> tuple[list[bytes], Pending | None]:
+    def prepare(
+        self, frames: Sequence[bytes], extra: Sequence[str] = ()
+    ) -> tuple[list[bytes], Pending | None]:
         """Parse a batch and send its state operations to the store without waiting.
-        Returns the frames that need no state (ready to send) and what is pending."""
+        Returns the frames that need no state (ready to send) and what is pending.
+        ``extra`` (the heartbeat) goes to the store with the batch; it is sent only when
+        something is pending."""
         c = self.counters
         nf = self.nf
         out: list[bytes] = []
@@ -147,7 +153,10 @@ class Processor:
             c.batch_max = n
         c.batch_sizes[_bucket(n)] += 1
         try:
-            ticket = self.store.submit(nf.script, nf.cfg(), ops)
+            if extra:
+                ticket = self.store.submit(nf.script, nf.cfg(), ops, extra)
+            else:
+                ticket = self.store.submit(nf.script, nf.cfg(), ops)
         except StoreUnavailable:
             out += self._unavailable(pending)
             return out, None
@@ -210,12 +219,20 @@ LINK_DOWN_ERRNOS = frozenset({errno.ENETDOWN, errno.ENXIO})
 
 
 class PacketLoop:
-    """Receive a batch, process it, send the results; until ``stop`` is set."""
+    """Receive a batch, process it, send the results; until ``stop`` is set. It also
+    sends the instance's heartbeat (see nf/heartbeat.py)."""
 
-    def __init__(self, processor: Processor, sock: socket.socket, batch: int = 64):
+    def __init__(
+        self,
+        processor: Processor,
+        sock: socket.socket,
+        batch: int = 64,
+        heartbeat: Heartbeat | None = None,
+    ):
         self.p = processor
         self.sock = sock
         self.batch = max(1, batch)
+        self.heartbeat = heartbeat
         self.stop = threading.Event()
         self.link_down = False
 
@@ -228,15 +245,23 @@ class PacketLoop:
         """Two batches in flight: while the store works on batch k, batch k+1 is read,
         parsed and sent to it; then batch k's results are completed and sent. The store's
         time overlaps the NF's own work instead of adding to it; a batch never waits for
-        the next one to arrive."""
+        the next one to arrive.
+
+        A due heartbeat rides along with the batch sent to the store; with no batch to
+        carry it, it goes alone, once nothing is in flight."""
         sock = self.sock
         c = self.p.counters
         recv = sock.recvfrom
         batch = self.batch
         prepare, finish = self.p.prepare, self.p.finish
         stop = self.stop
+        hb = self.heartbeat
+        ride_along = hb is not None and hb.channel is self.p.store
+        monotonic = time.monotonic
         previous = None
         while not stop.is_set():
+            now = monotonic()
+            beat = hb is not None and hb.due(now)
             frames = []
             while len(frames) < batch:
                 try:
@@ -257,18 +282,27 @@ class PacketLoop:
                 frames.append(data)
             current = None
             if frames:
-                ready, current = prepare(frames)
+                if beat and ride_along:
+                    ready, current = prepare(frames, hb.command())
+                    if current is not None:
+                        hb.beat(now, with_batch=True)
+                        beat = False
+                else:
+                    ready, current = prepare(frames)
                 if ready:
                     self._send(ready)
             if previous is not None:
                 self._send(finish(previous))
             previous = current
+            if beat:  # nothing carried it: nothing is in flight now (current is None)
+                hb.send_alone(now)
             if not frames and previous is None:
+                wait = 0.05 if hb is None else min(0.05, hb.wait_s(monotonic()))
                 if self.link_down:
-                    stop.wait(0.05)
+                    stop.wait(wait)
                     continue
                 with contextlib.suppress(InterruptedError):
-                    select.select([sock], [], [], 0.05)
+                    select.select([sock], [], [], wait)
         if previous is not None:
             self._send(finish(previous))
 

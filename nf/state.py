@@ -213,9 +213,13 @@ class RedisStore:
         finally:
             self._quiet = False
 
-    def submit(self, script: Script, cfg: Sequence[Any], ops: Sequence[Op]) -> int:
+    def submit(
+        self, script: Script, cfg: Sequence[Any], ops: Sequence[Op], extra: Sequence[str] = ()
+    ) -> tuple[int, int]:
         """Send one batch as one EVALSHA and return a ticket for :meth:`collect`. Replies
-        come back in order, so batches may be in flight while the next is prepared."""
+        come back in order, so batches may be in flight while the next is prepared.
+        ``extra`` is one more command (the heartbeat) sent ahead of the batch in the same
+        write: it costs no round trip of its own."""
         import redis
 
         if not self.available and time.monotonic() < self._retry_at:
@@ -223,19 +227,25 @@ class RedisStore:
         try:
             conn = self._connection()
             sha = self._sha.get(script.name) or self._load(script)
-            conn.send_packed_command([pack_batch(sha, cfg, ops)], check_health=False)
+            packed = pack_batch(sha, cfg, ops)
+            if extra:
+                packed = pack(extra) + packed
+            conn.send_packed_command([packed], check_health=False)
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
             raise StoreUnavailable(self.last_error) from None
         self.round_trips += 1
-        return self._generation
+        return self._generation, 1 if extra else 0
 
-    def collect(self, ticket: int) -> list[Result]:
+    def collect(self, ticket: tuple[int, int]) -> list[Result]:
         import redis
 
-        if ticket != self._generation or self._conn is None:
+        generation, extra = ticket
+        if generation != self._generation or self._conn is None:
             raise StoreUnavailable(self.last_error)  # its connection is gone
         try:
+            if extra:
+                self._extra_reply()
             res = self._conn.read_response()
         except redis.exceptions.NoScriptError as e:
             # The store lost its scripts (restart, SCRIPT FLUSH): load again next batch.
@@ -248,11 +258,43 @@ class RedisStore:
             # batch still in flight on it.
             self._failed(e)
             raise StoreUnavailable(self.last_error) from None
+        self._reachable()
+        return res.decode().split("\n")
+
+    def _extra_reply(self) -> None:
+        """Read the reply to an extra command: an error reply there (e.g. out of memory)
+        is counted; the batch behind it still counts on its own."""
+        import redis
+
+        try:
+            self._conn.read_response()
+        except redis.exceptions.ResponseError as e:
+            self.errors += 1
+            log.debug("extra command failed: %s", e)
+
+    def command(self, args: Sequence[str]) -> Any:
+        """One command in a round trip of its own; nothing may be in flight. Fails at once
+        (StoreUnavailable) while backing off after a failure, like a batch."""
+        import redis
+
+        if not self.available and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(self.last_error)
+        try:
+            conn = self._connection()
+            conn.send_packed_command([pack(args)], check_health=False)
+            self.round_trips += 1
+            res = conn.read_response()
+        except (redis.exceptions.RedisError, OSError) as e:
+            self._failed(e)
+            raise StoreUnavailable(self.last_error) from None
+        self._reachable()
+        return res
+
+    def _reachable(self) -> None:
         if not self.available:
             self.available = True
             self._backoff = self.MIN_BACKOFF_S
             log.info("state store reachable again")
-        return res.decode().split("\n")
 
     def _drop_connection(self) -> None:
         if self._conn is not None:
@@ -296,7 +338,9 @@ class ClusterStore(RedisStore):
         self._sha[script.name] = sha
         return sha
 
-    def submit(self, script: Script, cfg: Sequence[Any], ops: Sequence[Op]) -> list[Result]:
+    def submit(
+        self, script: Script, cfg: Sequence[Any], ops: Sequence[Op], extra: Sequence[str] = ()
+    ) -> list[Result]:
         import redis
 
         if not self.available and time.monotonic() < self._retry_at:
@@ -304,31 +348,43 @@ class ClusterStore(RedisStore):
         groups = group_by_slot(ops)
         try:
             try:
-                out = self._run(script, cfg, ops, groups)
+                out = self._run(script, cfg, ops, groups, extra)
             except redis.exceptions.NoScriptError:
                 # A node lost the scripts (restart, failover, a new primary): load again.
                 self._sha.clear()
-                out = self._run(script, cfg, ops, groups)
+                out = self._run(script, cfg, ops, groups, ())
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
             raise StoreUnavailable(self.last_error) from None
-        if not self.available:
-            self.available = True
-            self._backoff = self.MIN_BACKOFF_S
-            log.info("state store reachable again")
+        self._reachable()
         return out
 
     def _run(
-        self, script: Script, cfg: Sequence[Any], ops: Sequence[Op], groups: list[list[int]]
+        self,
+        script: Script,
+        cfg: Sequence[Any],
+        ops: Sequence[Op],
+        groups: list[list[int]],
+        extra: Sequence[str],
     ) -> list[Result]:
         sha = self._sha.get(script.name) or self._load(script)
         pipe = self.client.pipeline(transaction=False)
+        if extra:  # routed to its own node, sent in parallel with the batch
+            pipe.execute_command(*extra)
         for idx in groups:
             keys = [k for i in idx for k in ops[i][0]]
             joined = "\n".join([ops[i][1] for i in idx])
             pipe.execute_command("EVALSHA", sha, len(keys), *keys, *cfg, joined)
-        replies = pipe.execute()
+        replies = pipe.execute(raise_on_error=False)
         self.round_trips += 1
+        if extra:
+            if isinstance(replies[0], Exception):
+                self.errors += 1
+                log.debug("extra command failed: %s", replies[0])
+            replies = replies[1:]
+        for reply in replies:
+            if isinstance(reply, Exception):
+                raise reply
         out: list[Result] = [""] * len(ops)
         for idx, reply in zip(groups, replies, strict=True):
             for i, r in zip(idx, reply.decode().split("\n"), strict=True):
@@ -337,6 +393,20 @@ class ClusterStore(RedisStore):
 
     def collect(self, ticket: list[Result]) -> list[Result]:
         return ticket
+
+    def command(self, args: Sequence[str]) -> Any:
+        import redis
+
+        if not self.available and time.monotonic() < self._retry_at:
+            raise StoreUnavailable(self.last_error)
+        try:
+            self.round_trips += 1
+            res = self.client.execute_command(*args)
+        except (redis.exceptions.RedisError, OSError) as e:
+            self._failed(e)
+            raise StoreUnavailable(self.last_error) from None
+        self._reachable()
+        return res
 
     def _drop_connection(self) -> None:
         pass  # the cluster client manages (and re-makes) its node connections

@@ -196,6 +196,7 @@ def test_due_beats_follow_the_interval():
     hb.beat(0.2, with_batch=False)
     assert hb.max_gap_ms == 200
     assert hb.stats()["with_batch"] == 1 and hb.stats()["alone"] == 1
+    assert hb.loop_alive(0.2 + 0.299) and not hb.loop_alive(0.2 + 0.3)
     cmd = hb.command()
     assert cmd[:2] == ["SET", "k"] and cmd[3:] == ["PX", "300"]
 
