@@ -31,16 +31,15 @@ namespace gets no address or route of the emulated network and the switch ports 
 instances carry nothing but steered traffic. This is the separate state-store network of a
 real deployment: an instance whose data link fails keeps its store session.
 
-Addresses that belong to no host (a NAT pool's public IP, a load balancer's VIPs) get a
-static ARP entry with a made-up MAC on every host; the switches classify service traffic by
-IP, so the MAC only has to be unicast.
+Addresses that belong to no host (a NAT pool's public IP, a load balancer's VIPs) are
+resolved by ARP like any other: the switches answer for them (see the controller's
+virtual-address ARP responder).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
-import ipaddress
 import os
 import secrets
 import shutil
@@ -89,33 +88,15 @@ from mininet.topo import Topo  # noqa: E402
 from controller.config import Topology, load_topology  # noqa: E402
 
 
-def virtual_ips(topology: Topology) -> list[str]:
-    """Addresses served by a pool rather than a host: NAT public IPs and LB VIPs."""
-    out: list[str] = []
-    for pool in topology.pools.values():
-        s = pool.settings
-        if pool.kind == "nat" and getattr(s, "public_ip", None):
-            out.append(s.public_ip)
-        if pool.kind == "lb":
-            out += [v.vip for v in s.vips]
-    return sorted(set(out), key=ipaddress.IPv4Address)
-
-
-def virtual_mac(ip: str) -> str:
-    """A locally administered unicast MAC that spells the address (0e:00:a.b.c.d)."""
-    return "0e:00:" + ":".join(f"{b:02x}" for b in ipaddress.IPv4Address(ip).packed)
-
-
 class NfHost(Host):
-    """A Mininet host with static ARP entries and without IPv6 (no stray packets)."""
+    """A Mininet host without IPv6 (no stray packets). Hosts resolve addresses with ARP like
+    any host: the switches answer for the virtual addresses (LB VIPs, NAT public IPs)."""
 
-    def config(self, static_arp: dict[str, str] | None = None, **params: Any) -> Any:
+    def config(self, **params: Any) -> Any:
         result = super().config(**params)
         if self.inNamespace:
             self.cmd("sysctl -qw net.ipv6.conf.all.disable_ipv6=1")
             self.cmd("sysctl -qw net.ipv6.conf.default.disable_ipv6=1")
-        for ip, mac in (static_arp or {}).items():
-            self.cmd(f"ip neigh replace {ip} lladdr {mac} dev {self.defaultIntf()} nud permanent")
         return result
 
 
@@ -125,7 +106,6 @@ class NfsteerTopo(Topo):
     def build(self, topology: str | Path | Topology = "topologies/single.yaml") -> None:
         topo = topology if isinstance(topology, Topology) else load_topology(topology)
         self.nfsteer = topo
-        arp = {ip: virtual_mac(ip) for ip in virtual_ips(topo)}
         for name, sw in topo.switches.items():
             self.addSwitch(
                 name,
@@ -136,13 +116,7 @@ class NfsteerTopo(Topo):
                 failMode="secure",
             )
         for name, att in topo.attachments().items():
-            self.addHost(
-                name,
-                cls=NfHost,
-                ip=att.ip,
-                mac=att.mac,
-                static_arp=arp if name in topo.hosts else {},
-            )
+            self.addHost(name, cls=NfHost, ip=att.ip, mac=att.mac)
             # TCULink: checksum offload off on both ends (txo=rxo=False)
             self.addLink(name, att.switch, port1=0, port2=att.port, cls=TCULink)
         for link in topo.links:
