@@ -1,21 +1,43 @@
-"""NF throughput and added latency through a real interface.
+"""NF cost, throughput and added latency through a real interface.
 
-For each NF (firewall, nat, lb), state store (local, Redis one round trip per packet, Redis
-batched) and frame size (64 B, ~1400 B): start a real `nfsteer nf` process on one end of a
-veth pair, and from the other end
-* throughput: keep a window of frames in flight (closed loop, so the NF is saturated but
-  its socket never overflows) for --duration seconds; packets per second it sends back;
-* added latency: one frame at a time, the time from sending it into the NF's interface to
-  receiving the processed frame (p50, p99).
-Also measures the hand-written parser against scapy. Needs root. `--json`: the last line
-is one JSON object with every figure.
+For each NF (firewall, nat, lb) three real `nfsteer nf` processes run side by side, one per
+state store: local (in-process dict), Redis one packet per round trip (batch 1), Redis
+batched (up to 64 packets per round trip). Each sits on its own veth pair; this process
+generates traffic on the far ends with packet sockets.
 
-    .venv/bin/python bench/nf.py [--duration 1.5] [--repeat 3] [--kinds firewall,nat,lb] [--json]
+Method:
+* The machine must be quiet first: no pytest or other nfsteer process and under 15 % CPU
+  busy; otherwise wait (polling every 20 s, up to --wait-quiet seconds).
+* Pinning (with two or more CPUs): generator and redis-server on one CPU, the NFs on
+  another, so the NF never competes with the traffic it is measured with.
+* Traffic is a closed loop: a window of frames in flight, so the NF is saturated but its
+  socket never overflows. The three stores take turns in slices of --slice seconds until
+  each has had --duration seconds (one *round* at one frame size); the order rotates every
+  slice and round, so a change in the machine's speed (this is a VM: the same work takes
+  +-25 % CPU time from one moment to the next) hits all three alike.
+* Around each slice the CPU time (user + sys, all threads: /proc/PID/task/*/schedstat) of
+  the NF and of redis-server is read; around each round the NF's counters (its stats
+  file). Per store and round:
+  - observed pps: frames returned per second of wall time (bounded by the generator too);
+  - NF CPU per packet = NF CPU seconds / packets processed (counters); *capacity per core*
+    = its inverse, what one instance carries on one core (the headline figure);
+  - redis-server CPU per packet (a separate server in a real deployment);
+  - batch mean = store operations / batches.
+  Then added latency: frames one at a time, send -> processed frame back.
+* Figures are medians over --rounds rounds with the min-max; ratios to local state are
+  taken per round (paired in time), then their median and range.
+* CPU outside the bench's own processes (other tasks, interrupts) and hypervisor steal are
+  measured per round and reported, so interference is visible rather than assumed away.
+
+Needs root. `--json`: the last line is one JSON object with every figure.
+
+    .venv/bin/python bench/nf.py [--quick] [--rounds 5] [--duration 1.0] [--json]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import os
 import select
@@ -57,7 +79,10 @@ SETTINGS = {
     },
 }
 # (mode, state store, max batch): local and batched Redis read the same batches.
-MODES = [("local", "local", 64), ("redis_unbatched", "redis", 1), ("redis_batched", "redis", 64)]
+MODES = [("local", "local", 64), ("unbatched", "redis", 1), ("batched", "redis", 64)]
+CLK_TCK = os.sysconf("SC_CLK_TCK")
+STATS_INTERVAL_S = 0.1  # how fresh an idle NF's counters are; the write costs ~0.1 % CPU
+QUIET_BUSY = 0.15  # machine busy share (all CPUs) below which it counts as quiet
 
 
 def frame(src, dst, sport, dport, flags, size, src_mac=C_MAC, dst_mac=S_MAC) -> bytes:
@@ -67,10 +92,10 @@ def frame(src, dst, sport, dport, flags, size, src_mac=C_MAC, dst_mac=S_MAC) -> 
     return raw(base / Raw(b"\x00" * pad)) if pad else raw(base)
 
 
-def workload(kind: str, flows: int, size: int) -> tuple[list[list[bytes]], list[bytes]]:
-    """(set-up exchanges per flow, the data frames to blast round-robin)."""
+def workload(kind: str, flows: int, sizes: list[int]) -> tuple[list[list[bytes]], dict]:
+    """(set-up exchanges per flow, per frame size the data frames to send round-robin)."""
     dst = "10.0.0.100" if kind == "lb" else "10.0.0.129"
-    setup, data = [], []
+    setup = []
     for i in range(flows):
         sport = 10000 + i
         steps = [frame("10.0.0.1", dst, sport, 80, "S", 60)]
@@ -78,79 +103,169 @@ def workload(kind: str, flows: int, size: int) -> tuple[list[list[bytes]], list[
             steps.append(frame(dst, "10.0.0.1", 80, sport, "SA", 60, S_MAC, C_MAC))
             steps.append(frame("10.0.0.1", dst, sport, 80, "A", 60))
         setup.append(steps)
-        data.append(frame("10.0.0.1", dst, sport, 80, "PA", size))
+    data = {
+        size: [frame("10.0.0.1", dst, 10000 + i, 80, "PA", size) for i in range(flows)]
+        for size in sizes
+    }
     return setup, data
+
+
+def pool_name(kind: str, mode: str) -> str:
+    return f"{kind[:3]}_{mode[:5]}"  # names are at most 10 characters
 
 
 def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
-class Bench:
-    def __init__(self, args: argparse.Namespace):
-        self.args = args
-        self.tmp = Path(tempfile.mkdtemp(prefix="nfbench"))
-        name = f"np{uuid.uuid4().hex[:6]}"
-        self.gen_if, self.nf_if = f"{name}g", f"{name}n"
-        self.redis: subprocess.Popen | None = None
-        self.port = 0
+# -- CPU accounting and the machine's quiet ------------------------------------------------
 
-    def __enter__(self) -> Bench:
+
+def proc_cpu_s(pid: int) -> float:
+    """CPU seconds (user + sys) of a process, all its threads: the sum of the threads'
+    run time in /proc/PID/task/*/schedstat (nanoseconds; /proc/PID/stat counts 10 ms
+    ticks, too coarse for a quarter-second slice), else /proc/PID/stat."""
+    total, found = 0, False
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/schedstat") as f:
+                total += int(f.read().split()[0])
+                found = True
+    if found:
+        return total / 1e9
+    with open(f"/proc/{pid}/stat") as f:
+        fields = f.read().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def machine_cpu() -> tuple[float, float, float]:
+    """(busy, steal, total) CPU seconds of the whole machine, from /proc/stat."""
+    with open("/proc/stat") as f:
+        v = [int(x) for x in f.readline().split()[1:]]
+    idle = v[3] + v[4]  # idle + iowait
+    steal = v[7] if len(v) > 7 else 0
+    total = sum(v[:8])
+    return (total - idle - steal) / CLK_TCK, steal / CLK_TCK, total / CLK_TCK
+
+
+def loadavg() -> list[float]:
+    return [round(x, 2) for x in os.getloadavg()]
+
+
+def others_running() -> list[str]:
+    """Test runs and nfsteer processes that are not ours."""
+    mine = {os.getpid(), os.getppid()}
+    out = []
+    for pattern in ("pytest", "nfsteer"):
+        r = subprocess.run(["pgrep", "-af", pattern], capture_output=True, text=True)
+        for line in r.stdout.splitlines():
+            pid, _, cmd = line.partition(" ")
+            if int(pid) not in mine and "pgrep" not in cmd:
+                out.append(line[:100])
+    return out
+
+
+def busy_share(seconds: float = 2.0) -> float:
+    b0, _, t0 = machine_cpu()
+    time.sleep(seconds)
+    b1, _, t1 = machine_cpu()
+    return (b1 - b0) / max(t1 - t0, 1e-9)
+
+
+def wait_quiet(max_wait_s: float, say) -> dict:
+    """Wait until nothing else runs: other people share this machine."""
+    start = time.monotonic()
+    while True:
+        others, busy = others_running(), busy_share()
+        quiet = not others and busy < QUIET_BUSY
+        waited = time.monotonic() - start
+        if quiet or waited >= max_wait_s:
+            if not quiet:
+                say(f"WARNING: machine not quiet after {waited:.0f} s; measuring anyway")
+            return {
+                "quiet": quiet,
+                "waited_s": round(waited),
+                "busy_pct": round(100 * busy, 1),
+                "others": others,
+            }
+        what = f"{len(others)} other process(es)" if others else f"{100 * busy:.0f} % busy"
+        say(f"waiting for a quiet machine ({what}, load {loadavg()}); next check in 20 s")
+        time.sleep(20)
+
+
+def us_per(packets: int, cpu_s: float) -> float | None:
+    return 1e6 * cpu_s / packets if packets else None
+
+
+def pin(cpu: int | None):
+    """preexec_fn for a child pinned to one CPU (None: no pinning)."""
+    if cpu is None:
+        return None
+    return lambda: os.sched_setaffinity(0, {cpu})
+
+
+# -- one NF process on its own veth pair ----------------------------------------------------
+
+
+class Lane:
+    def __init__(self, bench: Bench, kind: str, mode: str, state: str, batch: int):
+        self.bench, self.kind, self.mode = bench, kind, mode
+        self.state, self.batch = state, batch
+        tag = f"{bench.tag}{mode[0]}"
+        self.gen_if, self.nf_if = f"nb{tag}g", f"nb{tag}n"
+        self.pool = pool_name(kind, mode)
+        self.stats = bench.tmp / f"{self.pool}.json"
+        self.proc: subprocess.Popen | None = None
+        self.sock: socket.socket | None = None
+        self.made = False
+        self.cursor = 0  # the next data frame to send
+
+    def open(self, topo: Path) -> None:
         sh("ip", "link", "add", self.gen_if, "type", "veth", "peer", "name", self.nf_if)
+        self.made = True
         for i in (self.gen_if, self.nf_if):
             subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1"])
             sh("ip", "link", "set", i, "up")
-        with socket.socket() as s:
-            s.bind(("127.0.0.1", 0))
-            self.port = s.getsockname()[1]
-        self.redis = subprocess.Popen(
-            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
-             "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL,
-        )  # fmt: skip
-        time.sleep(0.3)
         self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         self.sock.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
         self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
         self.sock.bind((self.gen_if, 3))
         self.sock.setblocking(False)
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.sock.close()
-        if self.redis:
-            self.redis.terminate()
-            self.redis.wait(5)
-        subprocess.run(["ip", "link", "del", self.gen_if], capture_output=True)
-        shutil.rmtree(self.tmp, ignore_errors=True)
-
-    def start_nf(self, kind: str, state: str, batch: int) -> subprocess.Popen:
-        topo = self.tmp / f"{kind}.yaml"
-        topo.write_text(
-            yaml.safe_dump(
-                {
-                    "name": "bench",
-                    "switches": {"s1": {"dpid": 1}},
-                    "pools": {"bp": {"kind": kind, "nf": SETTINGS[kind]}},
-                }
-            )
-        )
-        stats = self.tmp / "stats.json"
-        stats.unlink(missing_ok=True)
-        url = f"redis://127.0.0.1:{self.port}/0"
-        subprocess.run(["redis-cli", "-p", str(self.port), "flushall"], capture_output=True)
-        proc = subprocess.Popen(
-            [NFSTEER, "nf", "--kind", kind, "--interface", self.nf_if, "--pool", "bp",
-             "--name", "bench", "--config", str(topo), "--state", state, "--redis", url,
-             "--batch", str(batch), "--stats-file", str(stats), "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL,
+        url = f"redis://127.0.0.1:{self.bench.port}/0"
+        self.proc = subprocess.Popen(
+            [NFSTEER, "nf", "--kind", self.kind, "--interface", self.nf_if, "--pool", self.pool,
+             "--name", f"nb-{self.mode[0]}", "--config", str(topo), "--state", self.state,
+             "--redis", url, "--batch", str(self.batch), "--stats-file", str(self.stats),
+             "--stats-interval", str(STATS_INTERVAL_S), "--drain-grace", "0",
+             "--log-level", "WARNING"],
+            stdout=subprocess.DEVNULL, preexec_fn=pin(self.bench.nf_cpu),
         )  # fmt: skip
-        deadline = time.monotonic() + 15
-        while not stats.exists():
-            if proc.poll() is not None or time.monotonic() > deadline:
-                raise RuntimeError("nf did not start")
+
+    def wait_started(self, deadline: float) -> None:
+        while not self.stats.exists():
+            if self.proc.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError(f"nf {self.pool} did not start")
             time.sleep(0.05)
-        return proc
+
+    def stop(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGINT)  # a drain with no grace (--drain-grace 0)
+
+    def close(self) -> None:
+        if self.proc is not None:
+            self.stop()
+            try:
+                self.proc.wait(10)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.sock is not None:
+            self.sock.close()
+        if self.made:
+            subprocess.run(["ip", "link", "del", self.gen_if], capture_output=True)
+            self.made = False
+
+    # -- traffic -----------------------------------------------------------------------
 
     def drain(self) -> int:
         n = 0
@@ -161,7 +276,7 @@ class Bench:
             except BlockingIOError:
                 return n
 
-    def exchange(self, frames: list[bytes], timeout: float = 1.0) -> int:
+    def exchange(self, frames: list[bytes], timeout: float) -> int:
         got = 0
         for f in frames:
             self.sock.send(f)
@@ -169,13 +284,16 @@ class Bench:
                 got += self.drain()
         return got
 
-    def throughput(self, data: list[bytes], duration: float, window: int = 256) -> float:
-        sock, n = self.sock, len(data)
-        sent = received = i = 0
-        inflight = 0
-        t_end = time.perf_counter() + duration
-        last_rx = time.perf_counter()
-        t0 = time.perf_counter()
+    def slice(self, data: list[bytes], duration: float, window: int = 256) -> dict:
+        """One slice of closed-loop traffic: a window of frames in flight, so the NF is
+        saturated but its socket never overflows; then every frame in flight is waited
+        for. The CPU time of the NF and of redis-server is read right before and after."""
+        sock, n, start = self.sock, len(data), self.cursor
+        received = inflight = 0
+        i = start
+        nf0, redis0 = proc_cpu_s(self.proc.pid), proc_cpu_s(self.bench.redis.pid)
+        t0 = last_rx = time.perf_counter()
+        t_end = t0 + duration
         while True:
             now = time.perf_counter()
             if now >= t_end:
@@ -186,7 +304,6 @@ class Bench:
                 except BlockingIOError:
                     break
                 i = (i + 1) % n
-                sent += 1
                 inflight += 1
             got = 0
             while True:
@@ -205,11 +322,18 @@ class Bench:
             else:
                 select.select([sock], [], [], 0.001)
         elapsed = time.perf_counter() - t0
-        time.sleep(0.05)
-        received += self.drain()
-        return received / elapsed
+        # The frames still in flight: processed now, counted by the NF, not timed here.
+        while inflight > 0 and select.select([sock], [], [], 0.02)[0]:
+            inflight -= self.drain()
+        self.cursor = i
+        return {
+            "received": received,
+            "elapsed": elapsed,
+            "nf_cpu": proc_cpu_s(self.proc.pid) - nf0,
+            "redis_cpu": proc_cpu_s(self.bench.redis.pid) - redis0,
+        }
 
-    def latency(self, data: list[bytes], count: int = 400) -> tuple[float, float]:
+    def latency(self, data: list[bytes], count: int) -> list[float]:
         samples = []
         for k in range(count):
             t = time.perf_counter()
@@ -217,33 +341,289 @@ class Bench:
             if select.select([self.sock], [], [], 0.5)[0]:
                 samples.append((time.perf_counter() - t) * 1e6)
                 self.drain()
-        samples.sort()
-        q = statistics.quantiles(samples, n=100)
-        return q[49], q[98]
+        return samples
 
-    def run_one(self, kind: str, mode: str, state: str, batch: int, size: int) -> dict:
-        setup, data = workload(kind, self.args.flows, size)
-        proc = self.start_nf(kind, state, batch)
-        try:
-            self.drain()
-            for steps in setup:
-                self.exchange(steps, timeout=0.2)
-            self.throughput(data, 0.3)  # warm-up
-            # Best of several runs: the machine is shared, and interference only ever
-            # lowers a run's rate.
-            pps = max(self.throughput(data, self.args.duration) for _ in range(self.args.repeat))
-            p50, p99 = self.latency(data)
-        finally:
-            proc.send_signal(signal.SIGINT)
-            proc.send_signal(signal.SIGINT)
-            proc.wait(10)
-        stats = json.loads((self.tmp / "stats.json").read_text())["counters"]
+    def counters(self, asked: float) -> dict:
+        """The NF's counters as written after ``asked`` (time.time()): with the NF idle
+        since then, they cover every frame sent before."""
+        deadline = time.monotonic() + 3
+        while True:
+            with contextlib.suppress(OSError, ValueError):
+                stats = json.loads(self.stats.read_text())
+                if stats["time"] > asked:
+                    return stats["counters"]
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"nf {self.pool} stopped writing its stats")
+            time.sleep(0.01)
+
+
+class Bench:
+    def __init__(self, args: argparse.Namespace):
+        self.args = args
+        self.tmp = Path(tempfile.mkdtemp(prefix="nfbench"))
+        self.tag = uuid.uuid4().hex[:5]
+        self.redis: subprocess.Popen | None = None
+        self.port = 0
+        self.lanes: list[Lane] = []
+        cpus = sorted(os.sched_getaffinity(0))
+        self.gen_cpu = self.nf_cpu = None
+        if len(cpus) >= 2 and not args.no_pin:
+            self.gen_cpu, self.nf_cpu = cpus[0], cpus[1]
+
+    def pinning(self) -> str:
+        if self.gen_cpu is None:
+            return "none"
+        return f"generator + redis-server on CPU {self.gen_cpu}, NF processes on CPU {self.nf_cpu}"
+
+    def __enter__(self) -> Bench:
+        if self.gen_cpu is not None:
+            os.sched_setaffinity(0, {self.gen_cpu})
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            self.port = s.getsockname()[1]
+        self.redis = subprocess.Popen(
+            ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp)],
+            stdout=subprocess.DEVNULL, preexec_fn=pin(self.gen_cpu),
+        )  # fmt: skip
+        deadline = time.monotonic() + 5
+        while subprocess.run(
+            ["redis-cli", "-p", str(self.port), "ping"], capture_output=True
+        ).returncode:
+            if time.monotonic() > deadline:
+                raise RuntimeError("redis-server did not start")
+            time.sleep(0.05)
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close_lanes()
+        if self.redis:
+            self.redis.terminate()
+            self.redis.wait(5)
+        shutil.rmtree(self.tmp, ignore_errors=True)
+
+    def close_lanes(self) -> None:
+        for lane in self.lanes:
+            lane.stop()
+        for lane in self.lanes:
+            lane.close()
+        self.lanes = []
+
+    def ours_cpu(self) -> float:
+        t = os.times()
+        total = t.user + t.system + proc_cpu_s(self.redis.pid)
+        for lane in self.lanes:
+            with contextlib.suppress(OSError):
+                total += proc_cpu_s(lane.proc.pid)
+        return total
+
+    def open_lanes(self, kind: str) -> list[Lane]:
+        subprocess.run(["redis-cli", "-p", str(self.port), "flushall"], capture_output=True)
+        topo = self.tmp / f"{kind}.yaml"
+        pools = {pool_name(kind, m): {"kind": kind, "nf": SETTINGS[kind]} for m, _, _ in MODES}
+        doc = {"name": "bench", "switches": {"s1": {"dpid": 1}}, "pools": pools}
+        topo.write_text(yaml.safe_dump(doc))
+        self.lanes = [Lane(self, kind, m, s, b) for m, s, b in MODES]
+        for lane in self.lanes:
+            lane.open(topo)
+        deadline = time.monotonic() + 20
+        for lane in self.lanes:
+            lane.wait_started(deadline)
+        return self.lanes
+
+    def snapshot(self) -> dict:
+        asked = time.time()
         return {
-            "kind": kind, "mode": mode, "size": size, "pps": round(pps),
-            "p50_us": round(p50, 1), "p99_us": round(p99, 1),
-            "batch": batch, "batch_mean": stats["batch_mean"], "batch_max": stats["batch_max"],
-            "batch_sizes": stats["batch_sizes"], "dropped": stats["dropped"],
-        }  # fmt: skip
+            "counters": {lane.mode: lane.counters(asked) for lane in self.lanes},
+            "ours_cpu": self.ours_cpu(),
+            "machine": machine_cpu(),
+            "t": time.perf_counter(),
+        }
+
+    def block(self, data: list[bytes], first: int) -> list[dict]:
+        """One round at one frame size: every lane gets --duration seconds of traffic in
+        slices, the lanes taking turns slice by slice (so a change in the machine's speed
+        hits all of them alike), between two reads of every NF's counters."""
+        a = self.args
+        lanes = self.lanes
+        slices = max(1, round(a.duration / a.slice))
+        acc = {lane.mode: {"received": 0, "elapsed": 0.0, "nf_cpu": 0.0, "redis_cpu": 0.0}
+               for lane in lanes}  # fmt: skip
+        before = self.snapshot()
+        for k in range(slices):
+            j = (first + k) % len(lanes)
+            for lane in lanes[j:] + lanes[:j]:
+                for key, v in lane.slice(data, a.duration / slices).items():
+                    acc[lane.mode][key] += v
+        after = self.snapshot()
+        wall = after["t"] - before["t"]
+        busy = after["machine"][0] - before["machine"][0]
+        steal = after["machine"][1] - before["machine"][1]
+        outside = max(0.0, busy - (after["ours_cpu"] - before["ours_cpu"]))
+        out = []
+        for lane in lanes:
+            m = acc[lane.mode]
+            ca, cb = before["counters"][lane.mode], after["counters"][lane.mode]
+            packets = cb["processed"] - ca["processed"]
+            batches = cb["batches"] - ca["batches"]
+            nf_cpu, redis_cpu = m["nf_cpu"], m["redis_cpu"]
+            out.append(
+                {
+                    "mode": lane.mode,
+                    "pps": m["received"] / m["elapsed"],
+                    "packets": packets,
+                    "dropped": cb["dropped_total"] - ca["dropped_total"],
+                    "nf_cpu_s": nf_cpu,
+                    "nf_cpu_pct": 100 * nf_cpu / m["elapsed"],
+                    "nf_us_per_pkt": us_per(packets, nf_cpu),
+                    "capacity_pps": packets / nf_cpu if nf_cpu else None,
+                    "redis_us_per_pkt": us_per(packets, redis_cpu),
+                    "total_us_per_pkt": us_per(packets, nf_cpu + redis_cpu),
+                    "batch_mean": (cb["store_ops"] - ca["store_ops"]) / batches if batches else 0,
+                    "outside_cpu_pct": 100 * outside / wall,
+                    "steal_pct": 100 * steal / wall,
+                    "latency_us": lane.latency(data, a.latency_count),
+                }
+            )
+        return out
+
+    def run_kind(self, kind: str, say) -> list[dict]:
+        a = self.args
+        sizes = [int(s) for s in a.sizes.split(",")]
+        setup, data = workload(kind, a.flows, sizes)
+        lanes = self.open_lanes(kind)
+        try:
+            for lane in lanes:
+                lane.drain()
+                for steps in setup:
+                    lane.exchange(steps, timeout=0.2)
+                lane.slice(data[sizes[0]], 0.2)  # warm-up: code paths, caches
+            runs: dict[tuple[int, str], list[dict]] = {}
+            for r in range(a.rounds):
+                for si, size in enumerate(sizes):
+                    for one in self.block(data[size], r + si):
+                        one["round"] = r
+                        runs.setdefault((size, one["mode"]), []).append(one)
+                        say(
+                            f"  {kind:8} {size:5} B {one['mode']:9} round {r + 1}: "
+                            f"{one['pps']:8.0f} pps  NF {one['nf_us_per_pkt'] or 0:6.2f} us/pkt "
+                            f"({one['nf_cpu_pct']:3.0f} % CPU)  redis "
+                            f"{one['redis_us_per_pkt'] or 0:5.2f} us/pkt  "
+                            f"batch {one['batch_mean']:5.1f}"
+                        )
+        finally:
+            self.close_lanes()
+        return [summarise(kind, size, mode, runs) for size in sizes for mode, _, _ in MODES]
+
+
+# -- figures --------------------------------------------------------------------------------
+
+
+def med_range(values: list[float], digits: int = 2) -> dict:
+    v = [x for x in values if x is not None]
+    if not v:
+        return {"median": None, "min": None, "max": None}
+    return {
+        "median": round(statistics.median(v), digits),
+        "min": round(min(v), digits),
+        "max": round(max(v), digits),
+    }
+
+
+def percentile(samples: list[float], q: int) -> float | None:
+    if len(samples) < 2:
+        return None
+    return round(statistics.quantiles(samples, n=100)[q - 1], 1)
+
+
+def summarise(kind: str, size: int, mode: str, runs: dict) -> dict:
+    mine = runs[(size, mode)]
+    local = {r["round"]: r for r in runs[(size, "local")]}
+    lat = [x for r in mine for x in r["latency_us"]]
+    paired = [
+        r["capacity_pps"] / local[r["round"]]["capacity_pps"]
+        for r in mine
+        if r["capacity_pps"] and local[r["round"]]["capacity_pps"]
+    ]
+    observed = [r["pps"] / local[r["round"]]["pps"] for r in mine]
+    # NF + redis-server CPU per packet, as a throughput ratio: what local state would
+    # carry with the CPU that batched state spends in both processes.
+    with_redis = [
+        local[r["round"]]["total_us_per_pkt"] / r["total_us_per_pkt"]
+        for r in mine
+        if r["total_us_per_pkt"] and local[r["round"]]["total_us_per_pkt"]
+    ]
+    return {
+        "kind": kind,
+        "size": size,
+        "mode": mode,
+        "rounds": len(mine),
+        "pps": med_range([r["pps"] for r in mine], 0),
+        "pps_x_local": med_range(observed),
+        "capacity_pps": med_range([r["capacity_pps"] for r in mine], 0),
+        "capacity_x_local": med_range(paired),
+        "nf_us_per_pkt": med_range([r["nf_us_per_pkt"] for r in mine]),
+        "nf_cpu_pct": med_range([r["nf_cpu_pct"] for r in mine], 0),
+        "redis_us_per_pkt": med_range([r["redis_us_per_pkt"] for r in mine]),
+        "total_us_per_pkt": med_range([r["total_us_per_pkt"] for r in mine]),
+        "total_x_local": med_range(with_redis),
+        "batch_mean": med_range([r["batch_mean"] for r in mine], 1),
+        "p50_us": percentile(lat, 50),
+        "p99_us": percentile(lat, 99),
+        "latency_samples": len(lat),
+        "capacity_by_round": [round(r["capacity_pps"] or 0) for r in mine],
+        "dropped": sum(r["dropped"] for r in mine),
+        "outside_cpu_pct": med_range([r["outside_cpu_pct"] for r in mine], 1),
+        "steal_pct": med_range([r["steal_pct"] for r in mine], 1),
+    }
+
+
+def fmt(m: dict, spec: str = ".0f", spread: bool = True) -> str:
+    if m["median"] is None:
+        return "-"
+    s = format(m["median"], spec)
+    if spread:
+        s += f" ({format(m['min'], spec)}-{format(m['max'], spec)})"
+    return s
+
+
+def table(results: list[dict]) -> list[str]:
+    lines = [
+        "| NF | frame | state | observed pps | NF CPU | capacity / core, pps | x local "
+        "(capacity) | NF µs/pkt | redis µs/pkt | batch mean | p50 / p99 µs |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        ratio = "1" if r["mode"] == "local" else fmt(r["capacity_x_local"], ".2f")
+        lines.append(
+            f"| {r['kind']} | {r['size']} B | {r['mode']} | {fmt(r['pps'])} | "
+            f"{fmt(r['nf_cpu_pct'], '.0f', False)} % | {fmt(r['capacity_pps'])} | {ratio} | "
+            f"{fmt(r['nf_us_per_pkt'], '.2f', False)} | "
+            f"{fmt(r['redis_us_per_pkt'], '.1f', False)} | "
+            f"{fmt(r['batch_mean'], '.1f', False)} | {r['p50_us']} / {r['p99_us']} |"
+        )
+    return lines
+
+
+def headline(results: list[dict]) -> list[str]:
+    lines = [
+        "| NF | frame | batched / local, capacity per core | >= 0.8? | unbatched / local "
+        "| batched / local, counting redis-server CPU too |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {(r["kind"], r["size"], r["mode"]): r for r in results}
+    for r in results:
+        if r["mode"] != "batched":
+            continue
+        u = by.get((r["kind"], r["size"], "unbatched"))
+        m = r["capacity_x_local"]["median"]
+        ok = "-" if m is None else ("yes" if m >= 0.8 else "no")
+        lines.append(
+            f"| {r['kind']} | {r['size']} B | {fmt(r['capacity_x_local'], '.2f')} | {ok} | "
+            f"{fmt(u['capacity_x_local'], '.2f') if u else '-'} | "
+            f"{fmt(r['total_x_local'], '.2f')} |"
+        )
+    return lines
 
 
 def parser_cost() -> dict:
@@ -264,45 +644,95 @@ def parser_cost() -> dict:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--duration", type=float, default=1.5)
-    ap.add_argument("--repeat", type=int, default=3, help="throughput runs; the best counts")
+    ap.add_argument("--quick", action="store_true", help="3 rounds of 0.5 s (about a minute)")
+    ap.add_argument("--rounds", type=int, help="interleaved rounds (default 5, quick 3)")
+    ap.add_argument("--duration", type=float, help="seconds per run (default 1.0, quick 0.5)")
+    ap.add_argument("--slice", type=float, default=0.25, help="seconds per turn of a store")
+    ap.add_argument("--latency-count", type=int, help="latency samples per run (default 200)")
     ap.add_argument("--flows", type=int, default=256)
     ap.add_argument("--kinds", default="firewall,nat,lb")
     ap.add_argument("--sizes", default="64,1400")
+    ap.add_argument("--wait-quiet", type=float, default=600, metavar="S",
+                    help="longest wait for a quiet machine (0: do not wait)")  # fmt: skip
+    ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
-    if os.geteuid() != 0:
-        print("bench/nf.py needs root (veth pair, packet sockets)", file=sys.stderr)
+    if args.rounds is None:
+        args.rounds = 3 if args.quick else 5
+    if args.duration is None:
+        args.duration = 0.5 if args.quick else 1.0
+    if args.latency_count is None:
+        args.latency_count = 150 if args.quick else 200
+    kinds = args.kinds.split(",")
+    bad = [k for k in kinds if k not in SETTINGS]
+    if bad:
+        print(f"bench/nf.py: unknown NF kind(s): {', '.join(bad)}", file=sys.stderr)
         return 2
-    results = []
-    with Bench(args) as b:
-        for kind in args.kinds.split(","):
-            for size in (int(s) for s in args.sizes.split(",")):
-                for mode, state, batch in MODES:
-                    r = b.run_one(kind, mode, state, batch, size)
-                    results.append(r)
-                    print(
-                        f"{kind:8} {size:5} B {mode:16} {r['pps']:8} pps  "
-                        f"p50 {r['p50_us']:7.1f} us  p99 {r['p99_us']:7.1f} us  "
-                        f"batch {r['batch_mean']:5}  dropped {r['dropped']}",
-                        flush=True,
-                    )
-    base = {(r["kind"], r["size"]): r["pps"] for r in results if r["mode"] == "local"}
-    for r in results:
-        r["ratio_to_local"] = round(r["pps"] / base[(r["kind"], r["size"])], 2)
-    print()
-    print("| NF | frame | state | batch (max / mean) | pps | x local | p50 µs | p99 µs |")
-    print("|---|---|---|---|---|---|---|---|")
-    for r in results:
+    if min(args.rounds, args.latency_count) < 1 or min(args.duration, args.slice) <= 0:
         print(
-            f"| {r['kind']} | {r['size']} B | {r['mode']} | {r['batch']} / {r['batch_mean']} | "
-            f"{r['pps']} | {r['ratio_to_local']} | {r['p50_us']} | {r['p99_us']} |"
+            "bench/nf.py: --rounds, --duration, --slice, --latency-count must be positive",
+            file=sys.stderr,
         )
+        return 2
+    if os.geteuid() != 0:
+        print("bench/nf.py needs root (veth pairs, packet sockets)", file=sys.stderr)
+        return 2
+
+    def say(msg: str) -> None:
+        print(msg, flush=True)
+
+    started = time.monotonic()
+    load_before = loadavg()
+    quiet = wait_quiet(args.wait_quiet, say) if args.wait_quiet > 0 else {"quiet": None}
+    load_start = loadavg()
+    results: list[dict] = []
+    with Bench(args) as b:
+        say(
+            f"load average {load_start} (before waiting: {load_before}); pinning: "
+            f"{b.pinning()}; {args.rounds} interleaved rounds x {args.duration} s per run"
+        )
+        for kind in kinds:
+            results += b.run_kind(kind, say)
+        pinning = b.pinning()
+    load_end = loadavg()
+    outside = [r["outside_cpu_pct"]["median"] for r in results]
+    steal = [r["steal_pct"]["max"] for r in results]
+    print()
+    print(
+        f"Method: NF CPU time (user+sys) / packets processed (NF counters); capacity / core ="
+        f" 1 / that. Stores take turns in {args.slice} s slices, {args.duration} s each per "
+        f"round; median (min-max) over {args.rounds} rounds; x local paired per round. "
+        f"Pinning: {pinning}."
+    )
+    print(
+        f"Load average at start {load_start}, at end {load_end}; waited {quiet.get('waited_s', 0)}"
+        f" s for quiet; CPU outside the bench's processes (median per run, % of one CPU): "
+        f"{min(outside):.1f}-{max(outside):.1f}; steal <= {max(steal):.1f} %."
+    )
+    print()
+    for line in table(results):
+        print(line)
+    print()
+    for line in headline(results):
+        print(line)
     parser = parser_cost()
     print(f"\nparser: {parser['parse_us']} us/frame (scapy: {parser['scapy_parse_us']} us/frame)")
+    print(f"runtime: {time.monotonic() - started:.0f} s")
     if args.json:
-        print(json.dumps({"results": results, "parser": parser, "duration_s": args.duration,
-                          "repeat": args.repeat}))  # fmt: skip
+        print(
+            json.dumps(
+                {
+                    "results": results,
+                    "parser": parser,
+                    "rounds": args.rounds,
+                    "duration_s": args.duration,
+                    "pinning": pinning,
+                    "quiet": quiet,
+                    "loadavg_start": load_start,
+                    "loadavg_end": load_end,
+                }
+            )
+        )
     return 0
 
 
