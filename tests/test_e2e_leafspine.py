@@ -73,6 +73,13 @@ def test_redis_state_keeps_every_connection_across_the_fabric(emu, scaleout):
     assert f["kill_detected_s"] is not None and f["kill_detected_s"] < 1.0, detail
 
 
+def test_local_state_breaks_connections_across_the_fabric(emu, scaleout):
+    emu.restart_control_plane()
+    report = scaleout.Scenario(emu, "fw", "local", scaleout.TEST_TIMING, say=lambda _: None).run()
+    # connections moved to an instance without their state are dropped by the firewall
+    assert report["summary"]["broken"] > 0, "\n".join(scaleout.summary_lines(report))
+
+
 def test_nat_and_load_balancer_pools_carry_connections(emu, scaleout):
     emu.restart_control_plane()
     start_pool(emu, scaleout, "nat", ["nat1", "nat2"])
