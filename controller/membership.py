@@ -191,11 +191,6 @@ def _remove(pool: str, name: str, now: float, only_from: tuple[InstanceState, ..
     return mutate
 
 
-def app_lock(app: Any) -> Any:
-    """The lock under which the app mutates its Steering."""
-    return app.lock
-
-
 # --- the running part -----------------------------------------------------------------
 
 
@@ -327,7 +322,7 @@ class Membership:
         now = time.monotonic()
         # Under the app lock: a mutation running in another thread swaps a pool's
         # instances and assignment one after the other, and the snapshot must not mix them.
-        with app_lock(self.app), self._lock:
+        with self.app.lock, self._lock:
             for pool in {c.pool for c in changes}:
                 ps = steering.pools[pool]
                 self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
@@ -373,7 +368,7 @@ class Membership:
             }
 
     def mark_all_dirty(self) -> None:
-        with app_lock(self.app), self._lock:
+        with self.app.lock, self._lock:
             for pool, ps in self.app.steering.pools.items():
                 self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
         self._wake.set()
