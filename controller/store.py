@@ -75,7 +75,7 @@ def connect(url: str) -> redis.Redis:
 
 @dataclass
 class PoolSnapshot:
-    """A consistent copy of one pool as the controller sees it, ready to be saved."""
+    """A consistent copy of one pool: taken from the controller to be saved, or read back."""
 
     name: str
     kind: str
@@ -124,20 +124,6 @@ def instance_from_json(text: str) -> tuple[InstanceInfo, str]:
         return InstanceInfo(**d), source if source in SOURCES else "topology"
     except (TypeError, KeyError, json.JSONDecodeError) as e:
         raise ValueError(f"malformed instance record: {e}") from None
-
-
-@dataclass
-class StoredPool:
-    """A pool as read back from Redis."""
-
-    name: str
-    kind: str
-    n_slots: int
-    basis: int
-    epoch: int
-    assignment: list[str | None]
-    instances: dict[str, InstanceInfo]
-    sources: dict[str, str]
 
 
 # Assignment, epoch and the per-instance slot counts change together or not at all, and an
@@ -256,7 +242,7 @@ class Store:
         stored = self.call(run)
         return None if stored < 0 else stored
 
-    def load_pool(self, pool: str) -> StoredPool | None:
+    def load_pool(self, pool: str) -> PoolSnapshot | None:
         """Read a saved pool; None if nothing (complete) is saved. Raises ValueError when
         the saved data is malformed."""
 
@@ -281,7 +267,7 @@ class Store:
             sources: dict[str, str] = {}
             for name, text in records.items():
                 instances[name], sources[name] = instance_from_json(text)
-            return StoredPool(
+            return PoolSnapshot(
                 name=pool,
                 kind=meta.get("kind", ""),
                 n_slots=int(meta["n_slots"]),
