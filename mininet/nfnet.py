@@ -40,6 +40,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import inspect
 import os
 import secrets
 import shutil
@@ -54,7 +55,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-HERE = Path(__file__).resolve().parent
+# `mn --custom` executes this file without setting __file__; its code object knows the path.
+HERE = Path(globals().get("__file__") or inspect.currentframe().f_code.co_filename).parent.resolve()
 REPO = HERE.parent
 
 
