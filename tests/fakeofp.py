@@ -17,6 +17,8 @@ from typing import Any
 
 from controller import flows as fl
 from controller.hashing import FiveTuple, flow_hash, slot_of
+from controller.state import Steering
+from controller.topology import compute_routes
 
 OFPVID_PRESENT = 0x1000
 _ARP_FIELDS = {"arp_op": 16, "arp_sha": 48, "arp_spa": 32, "arp_tha": 48, "arp_tpa": 32}
@@ -279,3 +281,28 @@ class FakeNetwork:
                 else:
                     todo.append((peer[0], peer[1], q, [*path, peer[0]]))
         return done
+
+
+# -- programming a fake network from the steering state ------------------------------
+
+
+def program(st: Steering, down: set[tuple[str, int]] | None = None) -> FakeNetwork:
+    routes = compute_routes(st.topology, down or set())
+    net = FakeNetwork(down=set(down or ()))
+    for name in st.topology.switches:
+        sw = FakeSwitch(name)
+        sw.apply(fl.diff(fl.Installed(), fl.desired_table(st, name, routes)))
+        net.switches[name] = sw
+    for link in st.topology.links:
+        net.add_link(link.a, link.a_port, link.b, link.b_port)
+    return net
+
+
+def reprogram(net: FakeNetwork, st: Steering, down: set[tuple[str, int]] | None = None):
+    routes = compute_routes(st.topology, down or set())
+    net.down = set(down or ())
+    plans = {}
+    for name, sw in net.switches.items():
+        plans[name] = fl.diff(sw.installed(), fl.desired_table(st, name, routes))
+        sw.apply(plans[name])
+    return plans

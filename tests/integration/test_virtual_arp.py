@@ -12,10 +12,9 @@ from pathlib import Path
 
 import pytest
 from conftest import unique_name
-from fakeofp import Packet
+from fakeofp import Packet, program, reprogram
 from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 from ovs_support import Bridge, Unixctl, trace_outputs, vsctl, wait_for
-from test_flows import program, reprogram
 
 from controller import flows as fl
 from controller import ofmsg
@@ -26,7 +25,7 @@ from controller.options import Options
 from controller.state import InstanceInfo, InstanceState, Steering
 from controller.topology import compute_routes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "tests" / "data" / "services.yaml"
 LEAFSPINE = REPO / "topologies" / "leafspine.yaml"
 SINGLE = REPO / "topologies" / "single.yaml"

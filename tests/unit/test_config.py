@@ -14,7 +14,7 @@ from controller.cli import main
 from controller.config import ConfigError, load_topology, parse_topology
 from controller.options import Options, OptionsError, parse_hostport
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
 TRIANGLE = REPO / "tests" / "data" / "triangle.yaml"
 NFSTEER = Path(sys.executable).parent / "nfsteer"

@@ -38,7 +38,7 @@ from controller.topology import compute_routes
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(120)]
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
 TRIANGLE = REPO / "tests" / "data" / "triangle.yaml"
 NFSTEER = Path(sys.executable).parent / "nfsteer"

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeofp import FakeNetwork, FakeSwitch, Packet
+from fakeofp import FakeSwitch, Packet, program, reprogram
 from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 
 from controller import flows as fl
@@ -18,7 +18,7 @@ from controller.hashing import FiveTuple
 from controller.state import InstanceState, Steering
 from controller.topology import compute_routes
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
 TRIANGLE = REPO / "tests" / "data" / "triangle.yaml"
 TCP, UDP = 6, 17
@@ -29,28 +29,6 @@ def single_steering() -> Steering:
     for name in ("fw1", "fw2", "fw3", "fw4"):  # a registered pool: instances start DOWN
         st.set_state("fw", name, InstanceState.ACTIVE, 0.0)
     return st
-
-
-def program(st: Steering, down: set[tuple[str, int]] | None = None) -> FakeNetwork:
-    routes = compute_routes(st.topology, down or set())
-    net = FakeNetwork(down=set(down or ()))
-    for name in st.topology.switches:
-        sw = FakeSwitch(name)
-        sw.apply(fl.diff(fl.Installed(), fl.desired_table(st, name, routes)))
-        net.switches[name] = sw
-    for link in st.topology.links:
-        net.add_link(link.a, link.a_port, link.b, link.b_port)
-    return net
-
-
-def reprogram(net: FakeNetwork, st: Steering, down: set[tuple[str, int]] | None = None):
-    routes = compute_routes(st.topology, down or set())
-    net.down = set(down or ())
-    plans = {}
-    for name, sw in net.switches.items():
-        plans[name] = fl.diff(sw.installed(), fl.desired_table(st, name, routes))
-        sw.apply(plans[name])
-    return plans
 
 
 def random_flow(rng: random.Random, src_net: str = "10.0.0.", dst_net: str = "10.0.0.") -> tuple:

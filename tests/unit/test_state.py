@@ -19,7 +19,7 @@ from controller.state import (
     SteeringError,
 )
 
-REPO = Path(__file__).resolve().parents[1]
+REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
 TRIANGLE = REPO / "tests" / "data" / "triangle.yaml"
 
