@@ -21,12 +21,12 @@ TOKEN``; the API refuses to listen on a non-loopback address without one.
 
 from __future__ import annotations
 
-import contextlib
 import hmac
 import ipaddress
 import logging
 import threading
 import time
+from collections.abc import Callable
 from typing import Annotated, Any
 
 import uvicorn
@@ -174,10 +174,10 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
     async def _refused(_request: Request, exc: SteeringError) -> JSONResponse:
         return JSONResponse({"detail": str(exc)}, status_code=400)
 
-    steering: Steering = app.steering
+    topology = app.steering.topology  # never changes
 
     def pool_or_404(pool: str):
-        ps = steering.pools.get(pool)
+        ps = app.view().pools.get(pool)
         if ps is None:
             raise HTTPException(404, f"unknown pool {pool!r}")
         return ps
@@ -190,7 +190,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
 
     def source_of(pool: str, name: str) -> str:
         if membership is None:
-            return "api" if name not in steering.topology.pools[pool].instances else "topology"
+            return "api" if name not in topology.pools[pool].instances else "topology"
         return membership.sources.get((pool, name), "topology")
 
     def pool_out(ps) -> PoolOut:
@@ -198,7 +198,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
         return PoolOut(
             name=ps.name,
             kind=ps.kind,
-            membership=steering.topology.pools[ps.name].membership,
+            membership=topology.pools[ps.name].membership,
             n_slots=ps.n_slots,
             epoch=ps.epoch,
             unserved_slots=list(ps.assignment).count(None),
@@ -234,7 +234,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
         confirmed = result.wait(BARRIER_TIMEOUT_S) if wait else None
         return ChangeOut(
             pool=pool,
-            epoch=changes[-1].epoch if changes else steering.pools[pool].epoch,
+            epoch=changes[-1].epoch if changes else app.view().pools[pool].epoch,
             moved=sum(len(x.moved) for x in changes),
             confirmed=confirmed,
             reason=reason,
@@ -242,13 +242,23 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
 
     # -- reads ----------------------------------------------------------------------------
 
-    @api.get("/healthz")
-    def healthz() -> dict[str, Any]:
-        return {
-            "status": "ok",
+    @api.get(
+        "/healthz",
+        responses={503: {"description": "unhealthy: the body's `problems` say why"}},
+    )
+    def healthz() -> JSONResponse:
+        """503 while the event loop does not turn, a connected switch is not in sync, or
+        the pool state cannot be saved to Redis."""
+        problems = list(app.health())
+        if membership is not None:
+            problems += membership.health()
+        body = {
+            "status": "ok" if not problems else "unhealthy",
+            "problems": problems,
             "redis": "off" if store is None else ("up" if store.up else "down"),
-            "switches": sorted(app.datapaths),
+            "switches": list(app.view().switches),
         }
+        return JSONResponse(body, status_code=503 if problems else 200)
 
     @api.get("/metrics", response_class=Response)
     def prometheus() -> Response:
@@ -256,7 +266,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
 
     @api.get("/api/v1/pools")
     def list_pools() -> list[PoolOut]:
-        return [pool_out(ps) for _, ps in sorted(steering.pools.items())]
+        return [pool_out(ps) for _, ps in sorted(app.view().pools.items())]
 
     @api.get("/api/v1/pools/{pool}")
     def show_pool(pool: str) -> PoolDetail:
@@ -300,7 +310,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
     @api.post("/api/v1/pools/{pool}/instances", dependencies=[Depends(authorize)])
     def add_instance(pool: str, body: InstanceIn, wait: WaitQ = True) -> ChangeOut:
         ps = pool_or_404(pool)
-        listed = steering.topology.pools[pool].instances.get(body.name)
+        listed = topology.pools[pool].instances.get(body.name)
         known = ps.instances.get(body.name)
         base: Any = listed or known
         if listed is not None:
@@ -334,11 +344,14 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
             capacity=float(capacity),
             state=InstanceState.ACTIVE,
         )
-        if membership is not None:  # from now on the API, not a registration, manages it
-            membership.sources[(pool, body.name)] = "api"
-        return change(
-            pool, lambda s: s.add_instance(info, time.time()), f"api: add {pool}/{body.name}", wait
-        )
+
+        def add(s: Steering) -> PoolChange:
+            out = s.add_instance(info, time.time())
+            if membership is not None:  # from now on the API, not a registration, manages it
+                membership.sources[(pool, body.name)] = "api"
+            return out
+
+        return change(pool, add, f"api: add {pool}/{body.name}", wait)
 
     @api.delete("/api/v1/pools/{pool}/instances/{name}", dependencies=[Depends(authorize)])
     def remove_instance(pool: str, name: str, wait: WaitQ = True) -> ChangeOut:
@@ -390,9 +403,16 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
 class ApiServer:
     """uvicorn in a daemon thread; ``start`` returns once it listens (or raises)."""
 
-    def __init__(self, api: FastAPI, host: str, port: int):
+    def __init__(
+        self,
+        api: FastAPI,
+        host: str,
+        port: int,
+        on_unexpected_exit: Callable[[str], None] | None = None,
+    ):
         self.host = host
         self.port = port
+        self.on_unexpected_exit = on_unexpected_exit
         config = uvicorn.Config(
             api, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
         )
@@ -413,8 +433,17 @@ class ApiServer:
         log.info("REST API on http://%s:%d", self.host, self.port)
 
     def _run(self) -> None:
-        with contextlib.suppress(SystemExit):  # uvicorn exits when it cannot bind
+        try:
             self.server.run()
+        except SystemExit:  # uvicorn exits when it cannot bind
+            pass
+        except Exception as e:
+            log.exception("REST API server failed")
+            if self.server.started and self.on_unexpected_exit is not None:
+                self.on_unexpected_exit(f"REST API server failed: {e}")
+            return
+        if self.server.started and not self.server.should_exit and self.on_unexpected_exit:
+            self.on_unexpected_exit("REST API server stopped")
 
     def stop(self) -> None:
         self.server.should_exit = True

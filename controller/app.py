@@ -1,33 +1,44 @@
 """The os-ken application: a thin layer between OpenFlow events and the pure logic.
 
 Events (switch features, port status, stats, barrier replies, errors) become calls on
-:class:`controller.state.Steering` and :mod:`controller.flows`; the messages those return
-are sent. Loadable by any os-ken AppManager (options then come from ``NFSTEER_*``
-environment variables, see :mod:`controller.options`); ``nfsteer controller`` passes its
-options as the ``nfsteer_options`` keyword.
+:class:`controller.state.Steering` and :class:`controller.switchsync.SwitchSync`; the
+messages those return are sent. Loadable by any os-ken AppManager (options then come from
+``NFSTEER_*`` environment variables, see :mod:`controller.options`); ``nfsteer controller``
+passes its options as the ``nfsteer_options`` keyword.
+
+**One loop owns the steering state.** os-ken hands every OpenFlow event to the app's own
+event queue, handled in order by one thread. Everything else that changes steering state —
+membership decisions, API changes, timers — is posted into that same queue (:meth:`call`,
+:meth:`post`), so no lock guards the state. Readers in other threads (REST API, metrics)
+get :meth:`view`, an immutable copy the loop publishes after each change.
+
+No handler failure ends the loop: it is logged with the event that caused it and contained
+to that event, or to its switch, whose connection is dropped (it reconnects and is read
+back and re-synced). If the loop ends anyway, :meth:`fatal` ends the process with a
+non-zero status and one line saying why (crash-only: the state in Redis makes a restart
+lossless). ``/healthz`` fails while the loop has not turned for ``LOOP_STALL_S``.
 
 How a switch is programmed, always the same way: compute the table it should hold, compare
-with what it holds (read back with flow-stats and group-desc requests when it connects,
-tracked from then on), send only the difference, adds before deletes, with barriers. After a
-change the table is updated rather than recomputed (:func:`controller.flows.update`), so a
-change costs what it moves; a switch that (re)connects gets the full computation.
-
-Port counters of every connected switch are polled every ``PORT_STATS_INTERVAL_S``
-(``app.port_stats``, read by the REST API, ``nfsteer status`` and the metrics).
+with what it holds (read back when it connects, tracked from then on), send only the
+difference, adds before deletes, with barriers (:mod:`controller.switchsync`).
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
+import os
+import socket
 import threading
 import time
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
 from os_ken.base import app_manager
-from os_ken.controller import ofp_event
+from os_ken.controller import event, ofp_event
 from os_ken.controller.handler import (
     CONFIG_DISPATCHER,
     DEAD_DISPATCHER,
@@ -38,17 +49,24 @@ from os_ken.ofproto import ofproto_v1_3
 
 from controller import flows as fl
 from controller import ofmsg
-from controller.config import load_topology
+from controller.config import Topology, load_topology
 from controller.options import Options
-from controller.state import InstanceState, PoolChange, Steering
+from controller.state import InstanceState, PoolChange, PoolState, Steering
+from controller.switchsync import Phase, SwitchSync
 from controller.topology import Routes, compute_routes, fabric_ports
 
 LOG = logging.getLogger("nfsteer.controller")
 OFP = ofproto_v1_3
 SENT_HISTORY = 8192  # recent messages per switch, to name the cause of an error reply
 PORT_STATS_INTERVAL_S = 2.0
+TICK_S = 0.5  # the loop is woken at least this often (timers, liveness)
+LOOP_STALL_S = 3.0  # /healthz fails when the loop has not turned for this long
+CALL_TIMEOUT_S = 30.0  # a caller waits this long for the loop to run its function
 SEND_CHUNK = 64 * 1024  # bytes of OpenFlow messages handed to a connection at once
 PORT_STATS_KEYS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes")
+EXIT_LOOP_DIED = 70  # EX_SOFTWARE
+
+T = TypeVar("T")
 
 
 class ApplyResult:
@@ -68,17 +86,17 @@ class ApplyResult:
         self._cond = threading.Condition()
         self._sealed = False
 
-    def _expect(self, dp_key: int, xid: int) -> None:
+    def expect(self, dp_key: int, xid: int) -> None:
         with self._cond:
             self._pending.add((dp_key, xid))
 
-    def _seal(self) -> None:
+    def seal(self) -> None:
         """All barriers are sent; from now on an empty pending set means done."""
         with self._cond:
             self._sealed = True
             self._cond.notify_all()
 
-    def _answered(self, dp_key: int, xid: int | None, when: float | None) -> None:
+    def answered(self, dp_key: int, xid: int | None, when: float | None) -> None:
         """Record a barrier reply (xid None: the switch went away)."""
         with self._cond:
             if xid is None:
@@ -112,29 +130,67 @@ class Counters:
     barriers_sent: int = 0
     switch_errors: int = 0
     switch_connects: int = 0
+    switch_refused: int = 0
     port_events: int = 0
+    handler_errors: int = 0
     # seconds from a barrier request to its reply, per switch
     barrier_latency: deque = field(default_factory=lambda: deque(maxlen=1000))
     # seconds from apply() to the last switch's barrier reply for that change
     change_latency: deque = field(default_factory=lambda: deque(maxlen=1000))
 
 
+@dataclass(frozen=True)
+class View:
+    """What readers outside the loop see: copies published by the loop, never changed."""
+
+    topology: Topology
+    pools: Mapping[str, PoolState]
+    switches: tuple[str, ...]  # connected
+    switch_ports: Mapping[str, Mapping[int, bool]]
+    switch_problems: tuple[str, ...]  # why a connected switch is not in sync
+    published: float  # time.monotonic() when the loop published it
+
+
 @dataclass
 class _Switch:
-    """A connected switch and what we know of its table."""
+    """A connected switch: its connection and its programming state."""
 
-    name: str
     dp: Any
-    installed: fl.Installed | None = None  # None until the read-back finished
-    desired: fl.Desired | None = None  # what it was last programmed to hold
-    ports: dict[int, bool] = field(default_factory=dict)  # port -> up
+    sync: SwitchSync
     sent: OrderedDict = field(default_factory=OrderedDict)  # xid -> message
-    barrier_sent_at: dict[int, float] = field(default_factory=dict)
-    waiting: set[str] = field(default_factory=lambda: {"ports", "flows", "groups"})
-    flow_bodies: list = field(default_factory=list)
-    group_bodies: list = field(default_factory=list)
-    port_bodies: list = field(default_factory=list)
-    synced: ApplyResult | None = None
+    result: ApplyResult | None = None  # confirms the first programming
+
+
+class EventCall(event.EventBase):
+    """A function to run in the loop (an API change, a membership decision, a timer)."""
+
+    def __init__(self, fn: Callable[[], Any], reply: _Reply | None):
+        super().__init__()
+        self.fn = fn
+        self.reply = reply
+
+
+class _Reply:
+    def __init__(self) -> None:
+        self.done = threading.Event()
+        self.value: Any = None
+        self.error: BaseException | None = None
+
+
+class EventTick(event.EventBase):
+    """Posted every ``TICK_S``: timers, health, and proof that the loop turns."""
+
+
+def _describe_event(ev: Any) -> str:
+    msg = getattr(ev, "msg", None)
+    if msg is None:
+        return type(ev).__name__
+    dpid = getattr(getattr(msg, "datapath", None), "id", None)
+    return f"{type(ev).__name__} (xid {getattr(msg, 'xid', '?')}, dpid {dpid})"
+
+
+def _exit_process(reason: str) -> None:
+    os._exit(EXIT_LOOP_DIED)
 
 
 class SteeringApp(app_manager.OSKenApp):
@@ -148,66 +204,247 @@ class SteeringApp(app_manager.OSKenApp):
         topology = load_topology(self.options.topology)
         self.steering = Steering(topology, now=time.time())
         self.counters = Counters()
-        # Held while the steering state or a switch's tables change; readers that need a
-        # consistent view of several pools (e.g. a snapshot for Redis) take it too.
-        self.lock = threading.RLock()
-        self._answered = threading.Condition(self.lock)  # a barrier reply came, a switch left
         # (switch, port) -> {"rx_packets", "tx_packets", "rx_bytes", "tx_bytes"}; each
         # value is replaced whole, so readers need no lock.
         self.port_stats: dict[tuple[str, int], dict[str, int]] = {}
-        self._stop = threading.Event()
-        self._poller: threading.Thread | None = None
+        # Called with one line when the loop dies: ends the process (tests replace it).
+        self.on_fatal: Callable[[str], None] = _exit_process
+        self.loop_turned = time.monotonic()
+        self._loop_thread: threading.Thread | None = None
+        self._stopping = threading.Event()
+        self._ticker: threading.Thread | None = None
+        self._tick_queued = False
+        self._next_port_stats = 0.0
         self._listeners: list[Callable[[list[PoolChange], str], None]] = []
         self._switches: dict[str, _Switch] = {}
         self._fabric = fabric_ports(topology)
         self._routes: Routes = compute_routes(topology)
         self._services_started = False
         self._results: dict[tuple[int, int], list[ApplyResult]] = {}  # (dp, barrier xid)
+        self._answered = threading.Condition()  # a barrier reply came, a switch left
         self._sync_events: dict[str, threading.Event] = {
             n: threading.Event() for n in topology.switches
         }
+        self._view: View = self._make_view()
+        self._view_dirty = False
 
-    # -- public API ------------------------------------------------------------------------
+    # -- the loop --------------------------------------------------------------------------
+
+    def _event_loop(self) -> None:
+        """os-ken's event loop, with every handler failure contained (os-ken's native hub
+        treats any exception as a request to end the loop, silently)."""
+        self._loop_thread = threading.current_thread()
+        try:
+            while self.is_active or not self.events.empty():
+                ev, state = self.events.get()
+                self._events_sem.release()
+                if ev == self._event_stop:
+                    continue
+                self.loop_turned = time.monotonic()
+                for handler in self.get_handlers(ev, state):
+                    try:
+                        handler(ev)
+                    except Exception:
+                        self._handler_failed(handler, ev)
+                if self._view_dirty:
+                    self._publish()
+        except BaseException as e:
+            if not self._stopping.is_set():
+                self.fatal(f"event loop ended: {type(e).__name__}: {e}")
+            raise
+
+    def _handler_failed(self, handler: Any, ev: Any) -> None:
+        self.counters.handler_errors += 1
+        LOG.exception(
+            "handler %s failed on %s: contained", getattr(handler, "__name__", handler),
+            _describe_event(ev),
+        )  # fmt: skip
+        dp = getattr(getattr(ev, "msg", None), "datapath", None)
+        sw = self._switch_of(dp) if dp is not None else None
+        if sw is not None:
+            # Its state may be half-updated: start it over from a fresh read-back.
+            LOG.warning("switch %s: dropping its connection to re-sync it", sw.sync.name)
+            self._drop_connection(dp)
+            self._forget(sw)
+
+    def fatal(self, reason: str) -> None:
+        """The loop cannot go on: one line, then the process ends (``on_fatal``)."""
+        LOG.critical("nfsteer controller: %s: exiting", reason)
+        self.on_fatal(reason)
+
+    def in_loop(self) -> bool:
+        return threading.current_thread() is self._loop_thread
+
+    def call(self, fn: Callable[[], T], timeout: float = CALL_TIMEOUT_S) -> T:
+        """Run ``fn`` in the loop and return its result (or raise its exception). Runs it
+        at once when called from the loop, or before the loop has started."""
+        if self._loop_thread is None or self.in_loop():
+            return fn()
+        reply = _Reply()
+        self._send_event(EventCall(fn, reply), None)
+        if not reply.done.wait(timeout):
+            raise TimeoutError(f"the controller's event loop did not answer in {timeout:g} s")
+        if reply.error is not None:
+            raise reply.error
+        return reply.value
+
+    def post(self, fn: Callable[[], Any]) -> None:
+        """Run ``fn`` in the loop later; its failure is logged there."""
+        if self._loop_thread is None:
+            fn()
+            return
+        self._send_event(EventCall(fn, None), None)
+
+    @set_ev_cls(EventCall)
+    def _run_call(self, ev: EventCall) -> None:
+        if ev.reply is None:
+            ev.fn()  # a failure is contained and logged by the loop
+            return
+        try:
+            ev.reply.value = ev.fn()
+        except BaseException as e:
+            ev.reply.error = e
+        finally:
+            ev.reply.done.set()
+
+    def _tick_loop(self) -> None:
+        while not self._stopping.wait(TICK_S):
+            if not self._tick_queued:
+                self._tick_queued = True
+                self._send_event(EventTick(), None)
+
+    @set_ev_cls(EventTick)
+    def _tick(self, ev: EventTick) -> None:
+        self._tick_queued = False
+        now = time.monotonic()
+        if now >= self._next_port_stats:
+            self._next_port_stats = now + PORT_STATS_INTERVAL_S
+            for sw in list(self._switches.values()):
+                if sw.sync.phase is Phase.PROGRAMMED:
+                    try:
+                        self._send_all(sw, [ofmsg.port_stats_request(sw.dp)])
+                    except Exception:  # e.g. the connection is closing: next round
+                        LOG.debug("switch %s: port stats request failed", sw.sync.name)
+        self._view_dirty = True  # switch problems age with time
+
+    # -- readers ---------------------------------------------------------------------------
+
+    def view(self) -> View:
+        """The latest published state; safe to read from any thread."""
+        return self._view
+
+    def mark_changed(self) -> None:
+        """Something readers see changed (loop only): publish after this event."""
+        self._view_dirty = True
+
+    def _make_view(self) -> View:
+        now = time.monotonic()
+        pools = {
+            name: PoolState(
+                ps.name,
+                ps.kind,
+                ps.n_slots,
+                ps.basis,
+                {n: dataclasses.replace(i) for n, i in ps.instances.items()},
+                list(ps.assignment),
+                ps.epoch,
+            )
+            for name, ps in self.steering.pools.items()
+        }
+        problems = [sw.sync.problem(now) for sw in self._switches.values()]
+        return View(
+            topology=self.steering.topology,
+            pools=pools,
+            switches=tuple(sorted(self._switches)),
+            switch_ports={n: dict(s.sync.ports) for n, s in self._switches.items()},
+            switch_problems=tuple(p for p in problems if p),
+            published=now,
+        )
+
+    def _publish(self) -> None:
+        self._view = self._make_view()
+        self._view_dirty = False
+
+    def health(self) -> list[str]:
+        """Problems that make the controller unhealthy ([] when healthy)."""
+        problems = []
+        stalled = time.monotonic() - self.loop_turned
+        if self._loop_thread is not None and stalled > LOOP_STALL_S:
+            problems.append(f"event loop has not turned for {stalled:.1f} s")
+        elif self._loop_thread is not None and not self._loop_thread.is_alive():
+            problems.append("event loop is not running")
+        problems += self._view.switch_problems
+        return problems
 
     @property
     def datapaths(self) -> dict[str, Any]:
         """Connected switches by name."""
-        with self.lock:
-            return {n: s.dp for n, s in self._switches.items()}
+        return {n: s.dp for n, s in list(self._switches.items())}
 
     @property
     def switch_ports(self) -> dict[str, dict[int, bool]]:
         """Ports of each connected switch: port number -> up."""
-        with self.lock:
-            return {n: dict(s.ports) for n, s in self._switches.items()}
+        return {n: dict(s.sync.ports) for n, s in list(self._switches.items())}
+
+    def installed_table(self, switch: str) -> fl.Installed | None:
+        def read() -> fl.Installed | None:
+            sw = self._switches.get(switch)
+            if sw is None or sw.sync.installed is None:
+                return None
+            return fl.Installed(dict(sw.sync.installed.flows), dict(sw.sync.installed.groups))
+
+        return self.call(read)
 
     def add_listener(self, fn: Callable[[list[PoolChange], str], None]) -> None:
         self._listeners.append(fn)
 
+    def wait_synced(self, switch: str, timeout: float) -> bool:
+        """True once ``switch`` connected and confirmed its full table (tests, tools)."""
+        return self._sync_events[switch].wait(timeout)
+
+    def wait_confirmed(self, timeout: float) -> bool:
+        """True once every connected switch answered every barrier sent to it so far, i.e.
+        every change applied before this call is in the switches' tables (tests, tools)."""
+        with self._answered:
+            return self._answered.wait_for(
+                lambda: not any(sw.sync.barriers for sw in list(self._switches.values())),
+                timeout,
+            )
+
+    # -- changes ---------------------------------------------------------------------------
+
     def apply(
         self, mutation: Callable[[Steering], PoolChange | list[PoolChange]], reason: str
     ) -> ApplyResult:
-        """Run a mutation, program every switch with the difference, notify listeners."""
+        """Run a mutation in the loop, program every switch with the difference, notify
+        listeners. From any thread; the mutation's exception is raised to the caller."""
+        return self.call(lambda: self._apply(mutation, reason))
+
+    def _apply(
+        self, mutation: Callable[[Steering], PoolChange | list[PoolChange]], reason: str
+    ) -> ApplyResult:
         started = time.monotonic()
-        with self.lock:
-            inputs = fl.table_inputs(self.steering)
-            try:
-                out = mutation(self.steering)
-            except Exception:
-                # A mutation that made several changes may have applied some of them
-                # before failing: keep the switches in line with the state either way.
-                self._program_all(None)
-                raise
-            changes = [out] if isinstance(out, PoolChange) else list(out)
-            result = ApplyResult(changes, started, self._record_latency)
-            moved = sum(len(c.moved) for c in changes)
-            if moved:
-                self.counters.rebalances += 1
-                self.counters.slots_moved += moved
-            # No slot moved and no instance came, went or moved: the tables are the same.
-            if moved or fl.table_inputs(self.steering) != inputs:
-                self._program_all(result)
-            result._seal()
+        inputs = fl.table_inputs(self.steering)
+        try:
+            out = mutation(self.steering)
+        except Exception:
+            # A mutation that made several changes may have applied some of them
+            # before failing: keep the switches in line with the state either way.
+            self._program_all(None)
+            self.mark_changed()
+            raise
+        changes = [out] if isinstance(out, PoolChange) else list(out)
+        result = ApplyResult(changes, started, self._record_latency)
+        moved = sum(len(c.moved) for c in changes)
+        if moved:
+            self.counters.rebalances += 1
+            self.counters.slots_moved += moved
+        # No slot moved and no instance came, went or moved: the tables are the same.
+        if moved or fl.table_inputs(self.steering) != inputs:
+            self._program_all(result)
+        result.seal()
+        if changes:
+            self.mark_changed()
         summary = ", ".join(
             f"{c.pool}: {len(c.moved)} slots moved, epoch {c.epoch}" for c in changes
         )
@@ -223,52 +460,30 @@ class SteeringApp(app_manager.OSKenApp):
         if result.barrier_done is not None:
             self.counters.change_latency.append(result.barrier_done - result.started)
 
-    def wait_synced(self, switch: str, timeout: float) -> bool:
-        """True once ``switch`` connected and confirmed its full table (tests, tools)."""
-        return self._sync_events[switch].wait(timeout)
-
-    def wait_confirmed(self, timeout: float) -> bool:
-        """True once every connected switch answered every barrier sent to it so far, i.e.
-        every change applied before this call is in the switches' tables (tests, tools)."""
-        with self._answered:
-            return self._answered.wait_for(
-                lambda: not any(sw.barrier_sent_at for sw in self._switches.values()), timeout
-            )
-
     def send_messages(self, switch: str, msgs: list[Any]) -> list[int]:
         """Send extra OpenFlow messages to a connected switch (diagnostics, tools); errors
         they cause are logged with them like those of the app's own messages."""
-        with self.lock:
+
+        def send() -> list[int]:
             sw = self._switches.get(switch)
             if sw is None:
                 raise KeyError(f"switch {switch!r} is not connected")
             return self._send_all(sw, msgs)
 
-    def installed_table(self, switch: str) -> fl.Installed | None:
-        with self.lock:
-            sw = self._switches.get(switch)
-            return (
-                None
-                if sw is None or sw.installed is None
-                else fl.Installed(dict(sw.installed.flows), dict(sw.installed.groups))
-            )
+        return self.call(send)
 
     # -- life cycle ------------------------------------------------------------------------
 
     def start(self) -> Any:
         # Membership and state in Redis when a URL is given; the REST API, metrics and
-        # CLI either way (unless the API is off).
-        try:
-            from controller import service
+        # CLI either way (unless the API is off). A service that cannot start stops the
+        # controller from starting (e.g. the API port is taken).
+        from controller import service
 
-            service.start_services(self)
-            self._services_started = True
-        except Exception:
-            LOG.exception("could not start the controller's services")
-        self._poller = threading.Thread(
-            target=self._poll_port_stats, name="nfsteer-port-stats", daemon=True
-        )
-        self._poller.start()
+        service.start_services(self)
+        self._services_started = True
+        self._ticker = threading.Thread(target=self._tick_loop, name="nfsteer-tick", daemon=True)
+        self._ticker.start()
         LOG.info(
             "steering %s: %d switches, %d pools, %d services",
             self.steering.topology.name,
@@ -279,10 +494,10 @@ class SteeringApp(app_manager.OSKenApp):
         return super().start()
 
     def close(self) -> None:
-        self._stop.set()
-        if self._poller is not None:
-            self._poller.join(PORT_STATS_INTERVAL_S + 1)
-            self._poller = None
+        self._stopping.set()
+        if self._ticker is not None:
+            self._ticker.join(TICK_S + 1)
+            self._ticker = None
         if self._services_started:
             self._services_started = False
             try:
@@ -293,45 +508,41 @@ class SteeringApp(app_manager.OSKenApp):
                 LOG.exception("stopping the controller's services failed")
         super().close()
 
+    def stop(self) -> None:
+        self._stopping.set()
+        super().stop()
+
     # -- programming -----------------------------------------------------------------------
 
     def _program_all(self, result: ApplyResult | None) -> None:
         for sw in list(self._switches.values()):
-            if sw.installed is not None:
+            if sw.sync.phase is Phase.PROGRAMMED:
                 self._program(sw, result)
 
     def _program(self, sw: _Switch, result: ApplyResult | None) -> None:
-        """Send ``sw`` what its table lacks. The first time (after the read-back) the
-        whole table is computed and compared; from then on only what the change touched."""
-        if sw.desired is None:
-            sw.desired = fl.desired(self.steering, sw.name, self._routes)
-            steps = fl.diff(sw.installed or fl.Installed(), sw.desired.table)
-        else:
-            sw.desired, keys = fl.update(sw.desired, self.steering, sw.name, self._routes)
-            steps = fl.diff(sw.installed or fl.Installed(), sw.desired.table, keys)
+        """Send ``sw`` what its table lacks."""
+        steps = sw.sync.program(self.steering, self._routes)
         if not steps:
             return
         last_barrier = None
         xids = self._send_all(sw, ofmsg.messages(sw.dp, steps))
         sent_at = time.monotonic()
-        for step, xid in zip(steps, xids, strict=True):
+        for step, xid in zip(steps, xids, strict=False):
             if isinstance(step, fl.Barrier):
                 last_barrier = xid
                 self.counters.barriers_sent += 1
-                sw.barrier_sent_at[xid] = sent_at
+                sw.sync.barrier_sent(xid, sent_at)
             elif isinstance(step, fl.FlowAdd | fl.FlowDelete):
                 self.counters.flow_mods_sent += 1
             else:
                 self.counters.group_mods_sent += 1
-        sw.installed = fl.apply_steps(sw.installed or fl.Installed(), steps)
         if result is not None and last_barrier is not None:
-            result._expect(id(sw.dp), last_barrier)
+            result.expect(id(sw.dp), last_barrier)
             self._results.setdefault((id(sw.dp), last_barrier), []).append(result)
         counts = fl.count_mods(steps)
-        LOG.debug("%s: sent %d flow-mods, %d group-mods", sw.name, counts["flow"], counts["group"])
-
-    def _send(self, sw: _Switch, msg: Any) -> int:
-        return self._send_all(sw, [msg])[0]
+        LOG.debug(
+            "%s: sent %d flow-mods, %d group-mods", sw.sync.name, counts["flow"], counts["group"]
+        )
 
     def _send_all(self, sw: _Switch, msgs: list[Any]) -> list[int]:
         """Send messages in order; returns their xids. They are handed to the connection
@@ -358,7 +569,7 @@ class SteeringApp(app_manager.OSKenApp):
         return {
             (name, port)
             for name, sw in self._switches.items()
-            for port, up in sw.ports.items()
+            for port, up in sw.sync.ports.items()
             if not up
         }
 
@@ -371,29 +582,29 @@ class SteeringApp(app_manager.OSKenApp):
 
     # -- instance health from port state -------------------------------------------------
 
-    def _port_changes(self, sw: _Switch, ports: dict[int, bool], why: str) -> None:
+    def _port_changes(self, switch: str, ports: dict[int, bool], why: str) -> None:
         """React to instance ports going down/up (static pools come back on their own)."""
         for pname, ps in self.steering.pools.items():
             static = self.steering.topology.pools[pname].membership == "static"
-            for iname, info in ps.instances.items():
-                if info.switch != sw.name or info.port is None:
+            for iname, info in list(ps.instances.items()):
+                if info.switch != switch or info.port is None:
                     continue
                 up = ports.get(info.port)
                 if up is None:
                     continue
                 if not up and info.state in (InstanceState.ACTIVE, InstanceState.DRAINING):
-                    self.apply(
+                    self._apply(
                         lambda s, p=pname, n=iname: s.set_state(
                             p, n, InstanceState.FAILED, time.time()
                         ),
-                        f"instance {pname}/{iname}: port {sw.name}:{info.port} down ({why})",
+                        f"instance {pname}/{iname}: port {switch}:{info.port} down ({why})",
                     )
                 elif up and static and info.state is InstanceState.FAILED:
-                    self.apply(
+                    self._apply(
                         lambda s, p=pname, n=iname: s.set_state(
                             p, n, InstanceState.ACTIVE, time.time()
                         ),
-                        f"instance {pname}/{iname}: port {sw.name}:{info.port} up ({why})",
+                        f"instance {pname}/{iname}: port {switch}:{info.port} up ({why})",
                     )
 
     # -- OpenFlow events -------------------------------------------------------------------
@@ -408,20 +619,36 @@ class SteeringApp(app_manager.OSKenApp):
         if name is None:
             LOG.warning("switch with dpid %#x is not in the topology: ignored", dpid)
             return
-        with self.lock:
-            self.counters.switch_connects += 1
-            self._sync_events[name].clear()
-            sw = _Switch(name=name, dp=dp)
-            self._switches[name] = sw
-            LOG.info(
-                "switch %s (dpid %#x) connected from %s: reading its table", name, dpid, dp.address
-            )
-            for msg in (
+        old = self._switches.get(name)
+        if old is not None and old.dp is not dp and getattr(old.dp, "is_active", True):
+            # The switch we manage is still connected: whoever this is, it does not
+            # take it over (a dead connection ends on its own, and then this may connect).
+            self.counters.switch_refused += 1
+            LOG.warning(
+                "switch %s (dpid %#x): refusing a second connection from %s; it stays "
+                "managed over its connection from %s",
+                name, dpid, dp.address, old.dp.address,
+            )  # fmt: skip
+            self._drop_connection(dp)
+            return
+        if old is not None:
+            self._forget(old)
+        self.counters.switch_connects += 1
+        self._sync_events[name].clear()
+        sw = _Switch(dp=dp, sync=SwitchSync(name, time.monotonic()))
+        self._switches[name] = sw
+        self.mark_changed()
+        LOG.info(
+            "switch %s (dpid %#x) connected from %s: reading its table", name, dpid, dp.address
+        )
+        self._send_all(
+            sw,
+            [
                 ofmsg.port_desc_request(dp),
                 ofmsg.flow_stats_request(dp),
                 ofmsg.group_desc_request(dp),
-            ):
-                self._send(sw, msg)
+            ],
+        )
 
     def _switch_of(self, dp: Any) -> _Switch | None:
         for sw in self._switches.values():
@@ -431,63 +658,58 @@ class SteeringApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPPortDescStatsReply, MAIN_DISPATCHER)
     def _port_desc(self, ev: Any) -> None:
-        self._collect(ev, "ports", "port_bodies")
+        self._readback(ev, "ports", ofmsg.parse_port_desc)
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev: Any) -> None:
-        self._collect(ev, "flows", "flow_bodies")
+        self._readback(ev, "flows", ofmsg.parse_flow_stats)
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
     def _group_desc(self, ev: Any) -> None:
-        self._collect(ev, "groups", "group_bodies")
+        self._readback(ev, "groups", ofmsg.parse_group_desc)
 
-    def _collect(self, ev: Any, what: str, attr: str) -> None:
-        with self.lock:
-            sw = self._switch_of(ev.msg.datapath)
-            if sw is None or sw.installed is not None:
-                return
-            getattr(sw, attr).extend(ev.msg.body)
-            if ev.msg.flags & OFP.OFPMPF_REPLY_MORE:
-                return
-            sw.waiting.discard(what)
-            if not sw.waiting:
-                self._finish_sync(sw)
+    def _readback(self, ev: Any, part: str, parse: Callable[..., None]) -> None:
+        sw = self._switch_of(ev.msg.datapath)
+        if sw is None or sw.sync.phase is not Phase.READING:
+            return
+        parse(ev.msg.body, sw.sync.readback)
+        if sw.sync.part_received(part, bool(ev.msg.flags & OFP.OFPMPF_REPLY_MORE)):
+            self._finish_sync(sw)
 
     def _finish_sync(self, sw: _Switch) -> None:
-        sw.ports = {
-            p.port_no: ofmsg.port_is_up(p) for p in sw.port_bodies if p.port_no <= OFP.OFPP_MAX
-        }
-        current = fl.Installed(
-            ofmsg.parse_flow_stats(sw.flow_bodies), ofmsg.parse_group_desc(sw.group_bodies)
-        )
-        sw.flow_bodies, sw.group_bodies, sw.port_bodies = [], [], []
+        name = sw.sync.name
+        readback = sw.sync.readback
+        n_flows, n_groups, doubtful = len(readback.flows), len(readback.groups), readback.doubtful
+        sw.sync.finish_readback()
         self._recompute_routes()
         # Instance health first, so the first table already avoids dead instances.
         # An instance port the switch does not have is as good as down.
         ports = {
-            i.port: sw.ports.get(i.port, False)
+            i.port: sw.sync.ports.get(i.port, False)
             for ps in self.steering.pools.values()
             for i in ps.instances.values()
-            if i.switch == sw.name and i.port is not None
+            if i.switch == name and i.port is not None
         }
-        self._port_changes(sw, ports, "at connect")
-        sw.installed = current
-        sw.desired = None  # compared in full with what was read back
+        self._port_changes(name, ports, "at connect")
         result = ApplyResult([], time.monotonic())
-        sw.synced = result
+        sw.result = result
         before = self.counters.flow_mods_sent + self.counters.group_mods_sent
         self._program_all(result)
-        result._seal()
+        result.seal()
+        sw.sync.first_programming_done()
         sent = self.counters.flow_mods_sent + self.counters.group_mods_sent - before
+        if doubtful:
+            LOG.warning("switch %s: its table could not be fully parsed: wiped it", name)
         LOG.info(
             "switch %s: table read back (%d flows, %d groups), %d changes sent",
-            sw.name,
-            len(current.flows),
-            len(current.groups),
+            name,
+            n_flows,
+            n_groups,
             sent,
         )
-        if result.done:
-            self._sync_events[sw.name].set()
+        self.mark_changed()
+        if sw.sync.synced:
+            self._sync_events[name].set()
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev: Any) -> None:
@@ -496,47 +718,35 @@ class SteeringApp(app_manager.OSKenApp):
         if port.port_no > OFP.OFPP_MAX:
             return
         up = msg.reason != OFP.OFPPR_DELETE and ofmsg.port_is_up(port)
-        with self.lock:
-            sw = self._switch_of(msg.datapath)
-            if sw is None:
-                return
-            self.counters.port_events += 1
-            was = sw.ports.get(port.port_no)
-            sw.ports[port.port_no] = up
-            if was == up or sw.installed is None:
-                return
-            LOG.info("switch %s: port %d %s", sw.name, port.port_no, "up" if up else "down")
-            self._port_changes(sw, {port.port_no: up}, "port status")
-            if port.port_no in self._fabric[sw.name] and self._recompute_routes():
-                LOG.info(
-                    "switch %s: fabric port %d %s: rerouting",
-                    sw.name,
-                    port.port_no,
-                    "up" if up else "down",
-                )
-                self._program_all(None)
-
-    def _poll_port_stats(self) -> None:
-        """Ask every programmed switch for its port counters, until the app stops."""
-        while not self._stop.wait(PORT_STATS_INTERVAL_S):
-            with self.lock:
-                for sw in list(self._switches.values()):
-                    if sw.installed is None:
-                        continue
-                    try:
-                        self._send(sw, ofmsg.port_stats_request(sw.dp))
-                    except Exception:  # e.g. the connection is closing: next round
-                        LOG.debug("switch %s: port stats request failed", sw.name, exc_info=True)
+        sw = self._switch_of(msg.datapath)
+        if sw is None:
+            return
+        self.counters.port_events += 1
+        was = sw.sync.ports.get(port.port_no)
+        sw.sync.ports[port.port_no] = up
+        self.mark_changed()
+        if was == up or sw.sync.phase is not Phase.PROGRAMMED:
+            return
+        name = sw.sync.name
+        LOG.info("switch %s: port %d %s", name, port.port_no, "up" if up else "down")
+        self._port_changes(name, {port.port_no: up}, "port status")
+        if port.port_no in self._fabric[name] and self._recompute_routes():
+            LOG.info(
+                "switch %s: fabric port %d %s: rerouting",
+                name,
+                port.port_no,
+                "up" if up else "down",
+            )
+            self._program_all(None)
 
     @set_ev_cls(ofp_event.EventOFPPortStatsReply, MAIN_DISPATCHER)
     def _port_stats_reply(self, ev: Any) -> None:
-        with self.lock:
-            sw = self._switch_of(ev.msg.datapath)
+        sw = self._switch_of(ev.msg.datapath)
         if sw is None:
             return
         for st in ev.msg.body:
             if st.port_no <= OFP.OFPP_MAX:
-                self.port_stats[(sw.name, st.port_no)] = {
+                self.port_stats[(sw.sync.name, st.port_no)] = {
                     k: int(getattr(st, k)) for k in PORT_STATS_KEYS
                 }
 
@@ -545,29 +755,28 @@ class SteeringApp(app_manager.OSKenApp):
         now = time.monotonic()
         dp = ev.msg.datapath
         xid = ev.msg.xid
-        with self.lock:
-            sw = self._switch_of(dp)
-            if sw is not None:
-                sent_at = sw.barrier_sent_at.pop(xid, None)
-                if sent_at is not None:
-                    self.counters.barrier_latency.append(now - sent_at)
+        sw = self._switch_of(dp)
+        if sw is not None:
+            sent_at = sw.sync.barrier_answered(xid)
+            if sent_at is not None:
+                self.counters.barrier_latency.append(now - sent_at)
+                with self._answered:
                     self._answered.notify_all()
-            results = self._results.pop((id(dp), xid), [])
-        for r in results:
-            r._answered(id(dp), xid, now)
-        if sw is not None and sw.synced is not None and sw.synced.done:
-            self._sync_events[sw.name].set()
+                self.mark_changed()
+        for r in self._results.pop((id(dp), xid), []):
+            r.answered(id(dp), xid, now)
+        if sw is not None and sw.sync.synced:
+            self._sync_events[sw.sync.name].set()
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
         msg = ev.msg
-        with self.lock:
-            self.counters.switch_errors += 1
-            sw = self._switch_of(msg.datapath)
-            cause = sw.sent.get(msg.xid) if sw is not None else None
+        self.counters.switch_errors += 1
+        sw = self._switch_of(msg.datapath)
+        cause = sw.sent.get(msg.xid) if sw is not None else None
         LOG.error(
             "switch %s: error type=%d code=%d for xid %d: %s",
-            sw.name if sw else msg.datapath.id,
+            sw.sync.name if sw else getattr(msg.datapath, "id", "?"),
             msg.type,
             msg.code,
             msg.xid,
@@ -576,18 +785,32 @@ class SteeringApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _disconnected(self, ev: Any) -> None:
-        dp = ev.datapath
-        with self.lock:
-            sw = self._switch_of(dp)
-            if sw is None:
-                return
-            del self._switches[sw.name]
-            self._sync_events[sw.name].clear()
-            for key in [k for k in self.port_stats if k[0] == sw.name]:
-                self.port_stats.pop(key, None)
-            pending = [k for k in self._results if k[0] == id(dp)]
-            results = [r for k in pending for r in self._results.pop(k)]
+        sw = self._switch_of(ev.datapath)
+        if sw is None:
+            return
+        self._forget(sw)
+        LOG.info("switch %s disconnected", sw.sync.name)
+
+    def _forget(self, sw: _Switch) -> None:
+        """The switch's connection is gone (or dropped): nothing of it is kept."""
+        name = sw.sync.name
+        if self._switches.get(name) is sw:
+            del self._switches[name]
+        self._sync_events[name].clear()
+        for key in [k for k in self.port_stats if k[0] == name]:
+            self.port_stats.pop(key, None)
+        key = id(sw.dp)
+        pending = [k for k in self._results if k[0] == key]
+        for k in pending:
+            for r in self._results.pop(k):
+                r.answered(key, None, None)
+        with self._answered:
             self._answered.notify_all()
-        for r in results:
-            r._answered(id(dp), None, None)
-        LOG.info("switch %s disconnected", sw.name)
+        self.mark_changed()
+
+    @staticmethod
+    def _drop_connection(dp: Any) -> None:
+        sock = getattr(dp, "socket", None)
+        if sock is not None:
+            with contextlib.suppress(OSError):
+                sock.shutdown(socket.SHUT_RDWR)

@@ -172,10 +172,15 @@ class SwitchTable:
 
 @dataclass
 class Installed:
-    """A switch's table as read back or as last programmed: keys with cookies, and groups."""
+    """A switch's table as read back or as last programmed: keys with cookies, and groups.
+
+    ``raw`` keeps the match of a read-back entry as the switch sent it (serialized OXM), so
+    an entry the controller did not compute is deleted by exactly that match, whether or not
+    its canonical form (the key) would serialize back to the same bytes."""
 
     flows: dict[FlowKey, int] = field(default_factory=dict)
     groups: dict[int, tuple[Bucket, ...]] = field(default_factory=dict)
+    raw: dict[FlowKey, bytes] = field(default_factory=dict)
 
     @classmethod
     def of(cls, table: SwitchTable) -> Installed:
@@ -191,6 +196,12 @@ class FlowAdd:
 @dataclass(frozen=True)
 class FlowDelete:
     key: FlowKey
+    raw_match: bytes | None = None  # the match as read back, when the entry was read back
+
+
+@dataclass(frozen=True)
+class WipeAll:
+    """Delete every flow and group: the switch's table could not be understood."""
 
 
 @dataclass(frozen=True)
@@ -213,7 +224,7 @@ class Barrier:
     pass
 
 
-Step = FlowAdd | FlowDelete | GroupAdd | GroupModify | GroupDelete | Barrier
+Step = FlowAdd | FlowDelete | GroupAdd | GroupModify | GroupDelete | Barrier | WipeAll
 
 
 # -- identifiers ------------------------------------------------------------------------------
@@ -619,7 +630,7 @@ def diff(
         steps.append(Barrier())
     deletes = sorted(gone, key=lambda k: (k[0], -k[1], repr(k[2])))
     if deletes:
-        steps += [FlowDelete(k) for k in deletes]
+        steps += [FlowDelete(k, current.raw.get(k)) for k in deletes]
         steps.append(Barrier())
     gone_groups = sorted(g for g in current.groups if g not in desired.groups)
     if gone_groups:
@@ -632,16 +643,21 @@ def apply_steps(current: Installed, steps: Iterable[Step]) -> Installed:
     """What the switch holds after ``steps`` (used to track a switch between changes)."""
     flows = dict(current.flows)
     groups = dict(current.groups)
+    raw = dict(current.raw)
     for step in steps:
         if isinstance(step, FlowAdd):
             flows[step.flow.key] = step.flow.cookie
+            raw.pop(step.flow.key, None)  # replaced by ours: our own match from now on
         elif isinstance(step, FlowDelete):
             flows.pop(step.key, None)
+            raw.pop(step.key, None)
+        elif isinstance(step, WipeAll):
+            flows, groups, raw = {}, {}, {}
         elif isinstance(step, GroupAdd | GroupModify):
             groups[step.group.group_id] = step.group.buckets
         elif isinstance(step, GroupDelete):
             groups.pop(step.group_id, None)
-    return Installed(flows, groups)
+    return Installed(flows, groups, raw)
 
 
 def count_mods(steps: Iterable[Step]) -> Mapping[str, int]:
@@ -649,7 +665,7 @@ def count_mods(steps: Iterable[Step]) -> Mapping[str, int]:
     for s in steps:
         if isinstance(s, Barrier):
             out["barrier"] += 1
-        elif isinstance(s, FlowAdd | FlowDelete):
+        elif isinstance(s, FlowAdd | FlowDelete | WipeAll):
             out["flow"] += 1
         else:
             out["group"] += 1

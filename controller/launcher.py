@@ -108,8 +108,12 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
+    from controller.service import ServiceError
+
     try:
         app, stop = start_in_thread(options)
+    except ServiceError as e:
+        raise UsageError(str(e)) from None
     except OSError as e:
         host, port = options.listen
         raise UsageError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None

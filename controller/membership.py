@@ -14,8 +14,10 @@ The controller side of the registration contract in ``controller/keys.py``:
 - it saves every changed pool to Redis (listener on the app), writes the whole state back
   when Redis returns, and restores registrations that an emptied Redis lost.
 
-Every decision is a mutation run through ``app.apply``, which re-checks the state under the
-app lock, so the event thread and the sync loop can race without doing anything twice.
+The two threads only do Redis I/O; every decision runs in the app's event loop
+(``app.call``), through the pure rules of :mod:`controller.membership_rules`, and every
+change is a mutation run through ``app.apply`` that re-checks the state, so the event
+thread and the sync loop can race without doing anything twice.
 While Redis is unreachable nothing is failed for a missing heartbeat: the switch keeps its
 flows (fail-static) and port-status failover keeps working from memory.
 """
@@ -33,6 +35,7 @@ from typing import Any
 import redis
 
 from controller import keys
+from controller.membership_rules import Action, Decision, decide
 from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
 from controller.store import PoolSnapshot, Store, StoreUnavailable
 
@@ -139,7 +142,7 @@ def parse_registration(
     )
 
 
-# --- mutations (run by app.apply under the app lock; each re-checks the state) --------
+# --- mutations (run by app.apply in the app's loop; each re-checks the state) ---------
 
 
 def _join(info: InstanceInfo, now: float) -> Callable[[Steering], list[PoolChange]]:
@@ -195,7 +198,12 @@ def _remove(pool: str, name: str, now: float, only_from: tuple[InstanceState, ..
 
 
 class Membership:
-    """Watches registrations and heartbeats of one app's pools and keeps Redis in sync."""
+    """Watches registrations and heartbeats of one app's pools and keeps Redis in sync.
+
+    Two threads do the Redis I/O (pub/sub events; heartbeat polls, scans and saves). Every
+    decision runs in the app's event loop (``app.call``): the state they read and change
+    (``sources``, ``registrations``, ``liveness``, the pools) belongs to the loop.
+    """
 
     def __init__(
         self,
@@ -223,8 +231,9 @@ class Membership:
         self.last_results: dict[Member, tuple[str, Any]] = {}  # (reason, ApplyResult)
         self.heartbeat_failures = 0
         self.restored = False  # state was loaded from Redis (or Redis was empty)
-        self._lock = threading.Lock()
+        self._lock = threading.Lock()  # guards _dirty, _drain_deadline, _save_error
         self._dirty: dict[str, PoolSnapshot] = {}
+        self._save_error: str | None = None
         self._states: dict[Member, InstanceState] = {}
         self._drain_deadline: dict[Member, float] = {}
         self._ignored: set[Member] = set()
@@ -239,8 +248,9 @@ class Membership:
     # -- lifecycle ------------------------------------------------------------------------
 
     def restore(self) -> bool:
-        """Load every pool's saved state into the app (before switches are programmed).
-        Returns False when Redis is unreachable (the sync loop will reconcile later)."""
+        """Load every pool's saved state into the app (before switches are programmed and
+        before the loop runs). Returns False when Redis is unreachable (the sync loop will
+        reconcile later)."""
         steering: Steering = self.app.steering
         try:
             for pool in self.pools:
@@ -301,11 +311,24 @@ class Membership:
         )
 
     def start(self) -> None:
-        self.liveness.restart(time.monotonic())
+        self.app.call(lambda: self.liveness.restart(time.monotonic()))
         for target, name in ((self._events_loop, "events"), (self._sync_loop, "sync")):
-            t = threading.Thread(target=target, name=f"nfsteer-membership-{name}", daemon=True)
+            t = threading.Thread(
+                target=self._crash_only, args=(target, name), name=f"nfsteer-membership-{name}"
+            )
+            t.daemon = True
             t.start()
             self._threads.append(t)
+
+    def _crash_only(self, target: Callable[[], None], name: str) -> None:
+        """A membership thread contains its own failures; one that ends anyway while the
+        controller runs ends the process (a supervisor restarts it, Redis has the state)."""
+        try:
+            target()
+        except BaseException as e:
+            if not self._stop.is_set():
+                self.app.fatal(f"membership {name} thread ended: {type(e).__name__}: {e}")
+            raise
 
     def stop(self) -> None:
         self._stop.set()
@@ -314,15 +337,21 @@ class Membership:
             t.join(timeout=3)
         self._threads.clear()
 
-    # -- listener: called by the app after every applied change ---------------------------
+    def health(self) -> list[str]:
+        """Problems for /healthz: pool state that could not be saved."""
+        with self._lock:
+            pending, error = sorted(self._dirty), self._save_error
+        if pending and error:
+            return [f"pool state of {', '.join(pending)} not saved to redis: {error}"]
+        return []
+
+    # -- listener: called in the loop after every applied change ----------------------------
 
     def on_change(self, changes: list[PoolChange], reason: str) -> None:
         """Snapshot changed pools for saving; track state transitions. Must not block."""
         steering: Steering = self.app.steering
         now = time.monotonic()
-        # Under the app lock: a mutation running in another thread swaps a pool's
-        # instances and assignment one after the other, and the snapshot must not mix them.
-        with self.app.lock, self._lock:
+        with self._lock:
             for pool in {c.pool for c in changes}:
                 ps = steering.pools[pool]
                 self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
@@ -368,16 +397,19 @@ class Membership:
             }
 
     def mark_all_dirty(self) -> None:
-        with self.app.lock, self._lock:
-            for pool, ps in self.app.steering.pools.items():
-                self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
+        def snapshot() -> None:
+            with self._lock:
+                for pool, ps in self.app.steering.pools.items():
+                    self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
+
+        self.app.call(snapshot)
         self._wake.set()
 
     def pools_without_active(self) -> set[str]:
         with self._lock:
             return set(self._empty_pools)
 
-    # -- applying decisions ---------------------------------------------------------------
+    # -- decisions (in the loop) ------------------------------------------------------------
 
     def _apply(self, member: Member, mutation, reason: str) -> None:
         try:
@@ -390,57 +422,61 @@ class Membership:
 
     def reconcile_member(self, pool: str, name: str, reason: str) -> None:
         """Bring one instance in line with its registration (raises StoreUnavailable)."""
-        member = (pool, name)
         reg = self.store.registration(pool, name)
-        if reg:
-            self.registrations[member] = reg
-        self._decide(member, reg, alive=None, reason=reason)
+        self.app.call(lambda: self._decide((pool, name), reg, alive=None, reason=reason))
 
     def _decide(self, member: Member, reg: Mapping[str, str] | None, alive, reason: str):
         pool, name = member
         steering: Steering = self.app.steering
         cur = steering.pools[pool].instances.get(name)
-        source = self.sources.get(member)
-        now = time.time()
-        if not reg:
+        if reg:
+            self.registrations[member] = dict(reg)
+        else:
             self.registrations.pop(member, None)
-            if cur is not None and source == "registered":
-                self._apply(member, _remove(pool, name, now), f"{reason}: deregistered")
+        if alive is None and reg:  # a message from the NF: its registration is fresh
+            self.liveness.fresh(member, time.monotonic())
+            alive = True
+        parsed: InstanceInfo | str | None = None
+        if reg and reg.get("state") != InstanceState.DRAINING:
+            try:
+                parsed = parse_registration(steering, pool, name, reg)
+            except ValueError as e:
+                parsed = str(e)
+        decision = decide(
+            dict(reg) if reg else None,
+            alive=bool(alive),
+            current=cur,
+            source=self.sources.get(member),
+            port_down=self._port_down(cur),
+            parsed=parsed,
+        )
+        self._carry_out(member, decision, reason)
+
+    def _carry_out(self, member: Member, d: Decision, reason: str) -> None:
+        pool, name = member
+        now = time.time()
+        if d.action is Action.IGNORE:
+            if member not in self._ignored:
+                self._ignored.add(member)
+                log.warning("ignoring registration of %s/%s: %s", pool, name, d.why)
             return
-        if reg.get("state") == InstanceState.DRAINING:
-            if source != "registered" or cur is None or cur.state is not InstanceState.ACTIVE:
-                return  # retired, taken over through the API, or not serving
+        if isinstance(d.info, InstanceInfo) or d.adopt:
+            self._ignored.discard(member)
+        if d.adopt:
+            self.sources[member] = "registered"  # from now on its heartbeat decides
+        why = f"{reason}: {d.why}"
+        if d.action is Action.REMOVE:
+            self._apply(member, _remove(pool, name, now), f"{reason}: deregistered")
+        elif d.action is Action.DRAIN:
             self._apply(
                 member,
                 _set_state(pool, name, InstanceState.DRAINING, now, (InstanceState.ACTIVE,)),
-                f"{reason}: drain",
+                why,
             )
-            return
-        if alive is None:  # a message from the NF: its registration is fresh
-            self.liveness.fresh(member, time.monotonic())
-            alive = True
-        if not alive:
-            return  # the heartbeat poll fails it
-        if self._port_down(cur):
-            return  # port status decides; it rejoins when the port is back up
-        try:
-            info = parse_registration(steering, pool, name, reg)
-        except ValueError as e:
-            if member not in self._ignored:
-                self._ignored.add(member)
-                log.warning("ignoring registration of %s/%s: %s", pool, name, e)
-            return
-        self._ignored.discard(member)
-        self.sources[member] = "registered"  # from now on its heartbeat decides
-        if cur is not None and cur.state is InstanceState.DRAINING:
-            return  # draining continues until it deregisters or the grace period ends
-        if cur is not None and cur.state is InstanceState.ACTIVE:
-            if cur.capacity != info.capacity:
-                self._apply(
-                    member, _set_capacity(pool, name, info.capacity, now), f"{reason}: capacity"
-                )
-            return
-        self._apply(member, _join(info, now), f"{reason}: join")
+        elif d.action is Action.SET_CAPACITY and d.capacity is not None:
+            self._apply(member, _set_capacity(pool, name, d.capacity, now), why)
+        elif d.action is Action.JOIN and d.info is not None:
+            self._apply(member, _join(d.info, now), why)
 
     def _port_down(self, info: InstanceInfo | None) -> bool:
         """The instance's switch port is known to be down (unknown counts as up)."""
@@ -478,7 +514,7 @@ class Membership:
             return
         pool = channel.removeprefix(f"{keys.PREFIX}:{{").removesuffix("}:events")
         verb, _, name = data.partition(" ")
-        if pool not in self.app.steering.pools:
+        if pool not in self.pools:
             return
         if verb not in ("register", "update", "drain", "deregister") or not name:
             log.warning("ignoring malformed event %r on %s", data, channel)
@@ -494,7 +530,7 @@ class Membership:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
-                self._revive_ports()  # needs no Redis
+                self.app.call(self._revive_ports)  # needs no Redis
                 if not was_up:
                     if not self.store.ping():
                         raise StoreUnavailable("ping failed")
@@ -511,8 +547,10 @@ class Membership:
                 self._expire_drains(now)
                 backoff = POLL_INTERVAL_S
                 timeout = max(0.0, min(next_poll, next_scan) - time.monotonic())
-            except StoreUnavailable:
+            except StoreUnavailable as e:
                 was_up = False
+                with self._lock:
+                    self._save_error = f"redis unreachable ({e})"
                 self._expire_drains(now)  # removal after the grace period needs no Redis
                 timeout = backoff
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
@@ -528,11 +566,13 @@ class Membership:
             self._adopt_or_overwrite()
         # Saved before but gone now: Redis restarted empty (not merely unreachable).
         lost = [p for p in sorted(self._saved) if self.store.stored_epoch(p) is None]
-        regs = {
-            m: r
-            for m, r in self.registrations.items()
-            if m[0] in lost and self.sources.get(m) == "registered"
-        }
+        regs = self.app.call(
+            lambda: {
+                m: dict(r)
+                for m, r in self.registrations.items()
+                if m[0] in lost and self.sources.get(m) == "registered"
+            }
+        )
         if lost:
             n = self.store.restore_registrations(regs)
             log.warning(
@@ -540,7 +580,7 @@ class Membership:
                 ", ".join(sorted(lost)),
                 n,
             )
-        self.liveness.restart(time.monotonic())
+        self.app.call(lambda: self.liveness.restart(time.monotonic()))
         self.mark_all_dirty()
         self._flush()
 
@@ -549,7 +589,7 @@ class Membership:
         over an older saved one, with an epoch above the saved one."""
         for pool in self.pools:
             stored = self.store.stored_epoch(pool)
-            ours = self.app.steering.pools[pool].epoch
+            ours = self.app.view().pools[pool].epoch
             if stored is not None and stored >= ours:
                 self._bump_epoch(pool, stored + 1)
         self.restored = True
@@ -578,19 +618,37 @@ class Membership:
                     )
                     self._bump_epoch(pool, newer + 1)
                 del dirty[pool]
+        except Exception as e:
+            with self._lock:
+                self._save_error = str(e) or type(e).__name__
+            raise
         finally:
             with self._lock:  # keep what was not written; a newer snapshot wins
                 for pool, snap in dirty.items():
                     self._dirty.setdefault(pool, snap)
+        with self._lock:
+            self._save_error = None
 
     def registered_members(self) -> list[Member]:
         """Instances whose liveness comes from heartbeats."""
         return [m for m, s in self.sources.items() if s == "registered"]
 
     def _poll_heartbeats(self) -> None:
-        members = self.registered_members()
+        members = self.app.call(self.registered_members)
+        beats = self.store.heartbeats(members)
+        dying, back = self.app.call(lambda: self._heartbeats_seen(beats))
+        for member in back:
+            self.reconcile_member(*member, "heartbeat back")
+        for member in dying:
+            registered = bool(self.store.registration(*member))
+            self.app.call(lambda m=member, r=registered: self._heartbeat_lost(m, r))
+
+    def _heartbeats_seen(self, beats: Mapping[Member, Any]) -> tuple[list[Member], list[Member]]:
+        """Record a poll (in the loop); returns the live instances whose heartbeat is lost
+        and the failed ones whose heartbeat is back."""
         steering: Steering = self.app.steering
-        for member, alive in self._observe(members).items():
+        dying, back = [], []
+        for member, alive in self._observe(beats).items():
             cur = steering.pools[member[0]].instances.get(member[1])
             if cur is None:
                 continue
@@ -601,18 +659,25 @@ class Membership:
                     and cached.get("state") != InstanceState.DRAINING
                     and not self._port_down(cur)
                 ):
-                    self.reconcile_member(*member, "heartbeat back")
+                    back.append(member)
             elif cur.state in LIVE:
-                if not self.store.registration(*member):
-                    # Deregistered (hash and heartbeat go together): not a failure.
-                    self._decide(member, None, alive=False, reason="deregister")
-                    continue
-                self.heartbeat_failures += 1
-                self._apply(
-                    member,
-                    _set_state(*member, InstanceState.FAILED, time.time(), LIVE),
-                    "heartbeat lost",
-                )
+                dying.append(member)
+        return dying, back
+
+    def _heartbeat_lost(self, member: Member, registered: bool) -> None:
+        cur = self.app.steering.pools[member[0]].instances.get(member[1])
+        if cur is None or cur.state not in LIVE:
+            return
+        if not registered:
+            # Deregistered (hash and heartbeat go together): not a failure.
+            self._decide(member, None, alive=False, reason="deregister")
+            return
+        self.heartbeat_failures += 1
+        self._apply(
+            member,
+            _set_state(*member, InstanceState.FAILED, time.time(), LIVE),
+            "heartbeat lost",
+        )
 
     def _revive_ports(self) -> None:
         """An instance added through the API has no heartbeat: in a registered pool (the
@@ -636,9 +701,8 @@ class Membership:
                         f"instance {pool}/{name}: port {info.switch}:{info.port} up",
                     )  # fmt: skip
 
-    def _observe(self, members: list[Member]) -> dict[Member, bool]:
-        """Poll the heartbeat keys of members (one pipeline); whether each is alive."""
-        beats = self.store.heartbeats(members)
+    def _observe(self, beats: Mapping[Member, Any]) -> dict[Member, bool]:
+        """Whether each polled member is alive (in the loop)."""
         steering: Steering = self.app.steering
         now, wall = time.monotonic(), time.time()
         out = {}
@@ -647,22 +711,27 @@ class Membership:
             seen = self.liveness.seen.get(member)
             cur = steering.pools[member[0]].instances.get(member[1])
             if seen is not None and seen[2] == now and cur is not None:
-                cur.last_heartbeat = wall  # a plain float: no lock or apply needed
+                cur.last_heartbeat = wall
+                self.app.mark_changed()
         return out
 
     def scan(self) -> None:
         """Compare every registration with the pool state (backstop for missed events)."""
         regs = self.store.members(self.pools)
-        steering: Steering = self.app.steering
         listed = [(p, n) for p, ms in regs.items() for n in ms]
-        alive = self._observe(listed)
+        beats = self.store.heartbeats(listed)
+        self.app.call(lambda: self._scanned(regs, listed, beats))
+
+    def _scanned(self, regs, listed: list[Member], beats: Mapping[Member, Any]) -> None:
+        steering: Steering = self.app.steering
+        alive = self._observe(beats)
         for member in listed:
             reg = regs[member[0]][member[1]]
-            if reg:
-                self.registrations[member] = reg
             cur = steering.pools[member[0]].instances.get(member[1])
             if cur is None or cur.state is not InstanceState.FAILED or alive[member]:
                 self._decide(member, reg, alive=alive[member], reason="scan")
+            elif reg:
+                self.registrations[member] = dict(reg)
         seen = set(listed)
         for member in self.registered_members():
             if member not in seen:
@@ -685,10 +754,15 @@ class Membership:
     def retire(self, pool: str, name: str) -> None:
         """The controller drained or removed a registered instance: mark its registration
         draining so that neither the scan nor its heartbeat brings it back."""
-        if self.sources.get((pool, name)) != "registered":
-            return
-        reg = self.registrations.get((pool, name))
-        if reg is not None:
-            reg["state"] = "draining"
-        with contextlib.suppress(StoreUnavailable):
-            self.store.retire_registration(pool, name)
+
+        def mark() -> bool:
+            if self.sources.get((pool, name)) != "registered":
+                return False
+            reg = self.registrations.get((pool, name))
+            if reg is not None:
+                reg["state"] = "draining"
+            return True
+
+        if self.app.call(mark):
+            with contextlib.suppress(StoreUnavailable):
+                self.store.retire_registration(pool, name)

@@ -77,7 +77,8 @@ class SteeringCollector(Collector):
 
     def collect(self) -> Iterable[Any]:
         app = self.app
-        pools = dict(app.steering.pools)
+        view = app.view()
+        pools = dict(view.pools)
         by_state = GaugeMetricFamily(
             "nfsteer_pool_instances", "Instances per pool by state", labels=["pool", "state"]
         )
@@ -137,11 +138,16 @@ class SteeringCollector(Collector):
             ("switch_errors", "OpenFlow error messages received"),
             ("switch_connects", "Switch connections (first and re-connections)"),
             ("port_events", "Port status messages received"),
+            ("switch_refused", "Switch connections refused (dpid already connected)"),
+            ("handler_errors", "Event handler failures (contained)"),
         ):
             if hasattr(c, attr):
                 yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
         yield GaugeMetricFamily(
-            "nfsteer_switches_connected", "Connected switches", value=len(app.datapaths)
+            "nfsteer_switches_connected", "Connected switches", value=len(view.switches)
+        )
+        yield GaugeMetricFamily(
+            "nfsteer_healthy", "1 when /healthz reports no problem", value=0 if app.health() else 1
         )
         samples = getattr(c, "change_latency", None)
         if samples is None:

@@ -13,6 +13,7 @@ from typing import Any
 from os_ken.ofproto import nicira_ext, ofproto_v1_3
 
 from controller import flows as fl
+from controller.switchsync import ReadBack
 
 OFP = ofproto_v1_3
 
@@ -139,9 +140,16 @@ def flow_add(dp: Any, flow: fl.Flow) -> Any:
     )
 
 
-def flow_delete(dp: Any, key: fl.FlowKey) -> Any:
+def flow_delete(dp: Any, key: fl.FlowKey, raw_match: bytes | None = None) -> Any:
+    """Strict delete of one entry: by the match as the switch reported it when known (an
+    entry the controller did not write may have a match it cannot express), else by key."""
     table, priority, match = key
     parser = dp.ofproto_parser
+    ofp_m = (
+        parser.OFPMatch.parser(raw_match, 0)
+        if raw_match is not None
+        else _cached_match(parser, match)
+    )
     return parser.OFPFlowMod(
         dp,
         table_id=table,
@@ -150,8 +158,24 @@ def flow_delete(dp: Any, key: fl.FlowKey) -> Any:
         buffer_id=OFP.OFP_NO_BUFFER,
         out_port=OFP.OFPP_ANY,
         out_group=OFP.OFPG_ANY,
-        match=_cached_match(parser, match),
+        match=ofp_m,
     )
+
+
+def wipe_all(dp: Any) -> list[Any]:
+    """Delete every flow of every table, then every group."""
+    parser = dp.ofproto_parser
+    flows = parser.OFPFlowMod(
+        dp,
+        table_id=OFP.OFPTT_ALL,
+        command=OFP.OFPFC_DELETE,
+        buffer_id=OFP.OFP_NO_BUFFER,
+        out_port=OFP.OFPP_ANY,
+        out_group=OFP.OFPG_ANY,
+        match=parser.OFPMatch(),
+    )
+    groups = parser.OFPGroupMod(dp, OFP.OFPGC_DELETE, OFP.OFPGT_SELECT, OFP.OFPG_ALL, [])
+    return [flows, groups]
 
 
 def _buckets(parser: Any, group: fl.Group) -> list[Any]:
@@ -189,7 +213,9 @@ def messages(dp: Any, steps: Iterable[fl.Step]) -> list[Any]:
         if isinstance(s, fl.FlowAdd):
             out.append(flow_add(dp, s.flow))
         elif isinstance(s, fl.FlowDelete):
-            out.append(flow_delete(dp, s.key))
+            out.append(flow_delete(dp, s.key, s.raw_match))
+        elif isinstance(s, fl.WipeAll):
+            out.extend(wipe_all(dp))
         elif isinstance(s, fl.GroupAdd):
             out.append(group_mod(dp, s.group, OFP.OFPGC_ADD))
         elif isinstance(s, fl.GroupModify):
@@ -227,19 +253,46 @@ def parse_match(match: Any) -> fl.MatchT:
     return fl.make_match(**dict(match.items()))
 
 
-def parse_flow_stats(bodies: Iterable[Any]) -> dict[fl.FlowKey, int]:
-    """Flow-stats reply bodies (all parts of a multipart reply) -> {key: cookie}."""
-    out: dict[fl.FlowKey, int] = {}
+def serialize_match(match: Any) -> bytes:
+    buf = bytearray()
+    match.serialize(buf, 0)
+    return bytes(buf)
+
+
+def parse_flow_stats(bodies: Iterable[Any], into: ReadBack) -> None:
+    """Flow-stats reply bodies -> ``into.flows`` {key: cookie} and the raw match of each.
+
+    The switch may hold entries the controller never wrote, with matches it cannot express
+    (a non-contiguous IPv4 mask, fields it does not use): such an entry gets a key of its
+    own, made from its raw match, so the diff deletes it like any other stranger. An entry
+    whose match cannot even be re-serialized marks the read-back doubtful (wipe it all)."""
     for st in bodies:
-        out[(st.table_id, st.priority, parse_match(st.match))] = st.cookie
-    return out
+        try:
+            raw = serialize_match(st.match)
+        except Exception:
+            into.doubtful = True
+            continue
+        try:
+            match = parse_match(st.match)
+        except (ValueError, TypeError, KeyError):
+            match = (("unparsed_match", raw.hex()),)
+        key = (st.table_id, st.priority, match)
+        into.flows[key] = st.cookie
+        into.raw_matches[key] = raw
 
 
-def parse_group_desc(bodies: Iterable[Any]) -> dict[int, tuple[fl.Bucket, ...]]:
-    out: dict[int, tuple[fl.Bucket, ...]] = {}
+def parse_group_desc(bodies: Iterable[Any], into: ReadBack) -> None:
     for g in bodies:
-        out[g.group_id] = tuple((b.weight, parse_actions(b.actions)) for b in g.buckets)
-    return out
+        try:
+            into.groups[g.group_id] = tuple((b.weight, parse_actions(b.actions)) for b in g.buckets)
+        except Exception:
+            into.doubtful = True
+
+
+def parse_port_desc(bodies: Iterable[Any], into: ReadBack) -> None:
+    for p in bodies:
+        if p.port_no <= OFP.OFPP_MAX:
+            into.ports[p.port_no] = port_is_up(p)
 
 
 def port_is_up(port: Any) -> bool:

@@ -3,9 +3,10 @@
 ``start_services(app)`` runs once when the app starts, before any switch gets flows: it
 loads the pools' saved state from Redis into ``app.steering`` (so a restarted controller
 resumes exactly where it was and switches get only the difference), then starts the
-membership threads and the REST API server. It returns at once and does not raise when
-Redis is unreachable: the controller then runs from the topology and reconciles when Redis
-is back. ``stop_services(app)`` stops them.
+membership threads and the REST API server. It does not raise when Redis is unreachable
+(the controller then runs from the topology and reconciles when Redis is back), but it
+raises :class:`ServiceError` when the REST API cannot listen: the controller refuses to
+start rather than run without it. ``stop_services(app)`` stops them.
 """
 
 from __future__ import annotations
@@ -32,6 +33,10 @@ class Services:
             self.membership.stop()
         if self.store is not None:
             self.store.close()
+
+
+class ServiceError(Exception):
+    """A service of the controller could not start; the message says which and why."""
 
 
 _running: dict[int, Services] = {}
@@ -64,12 +69,14 @@ def start_services(app: Any) -> Services:
         try:
             check_listen(host, options.api_token)
             services.api_server = ApiServer(
-                create_api(app, services.membership, services.store), host, port
+                create_api(app, services.membership, services.store), host, port, app.fatal
             )
             services.api_server.start()
         except (ApiConfigError, OSError) as e:
+            # Running on without the API would leave the operator blind: refuse to start.
             services.api_server = None
-            log.error("REST API not started: %s", e)
+            services.stop()
+            raise ServiceError(f"REST API: {e}") from None
     with _lock:
         _running[id(app)] = services
     return services

@@ -23,6 +23,7 @@ from controller.hashing import FiveTuple
 from controller.launcher import start_in_thread
 from controller.options import Options
 from controller.state import InstanceInfo, InstanceState, Steering
+from controller.switchsync import ReadBack
 from controller.topology import compute_routes
 
 REPO = Path(__file__).resolve().parents[2]
@@ -272,7 +273,9 @@ def test_responder_round_trips_through_openflow_encoding():
     msg = ofmsg.flow_add(dp, flow)
     msg.serialize()
     parsed = ofproto_parser.msg(dp, *ofproto_parser.header(msg.buf), msg.buf)
-    assert ofmsg.parse_flow_stats([parsed]) == {flow.key: flow.cookie}
+    readback = ReadBack()
+    ofmsg.parse_flow_stats([parsed], readback)
+    assert readback.flows == {flow.key: flow.cookie}
     assert ofmsg.parse_actions(parsed.instructions[0].actions) == flow.instructions[0][1]
 
 
