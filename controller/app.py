@@ -61,6 +61,7 @@ SENT_HISTORY = 8192  # recent messages per switch, to name the cause of an error
 PORT_STATS_INTERVAL_S = 2.0
 TICK_S = 0.5  # the loop is woken at least this often (timers, liveness)
 LOOP_STALL_S = 3.0  # /healthz fails when the loop has not turned for this long
+FAILURE_WINDOW_S = 30.0  # ... and for this long after a handler failed
 CALL_TIMEOUT_S = 30.0  # a caller waits this long for the loop to run its function
 SEND_CHUNK = 64 * 1024  # bytes of OpenFlow messages handed to a connection at once
 PORT_STATS_KEYS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes")
@@ -210,6 +211,7 @@ class SteeringApp(app_manager.OSKenApp):
         # Called with one line when the loop dies: ends the process (tests replace it).
         self.on_fatal: Callable[[str], None] = _exit_process
         self.loop_turned = time.monotonic()
+        self.last_failure: tuple[float, str] | None = None  # (when, what) of a handler
         self._loop_thread: threading.Thread | None = None
         self._stopping = threading.Event()
         self._ticker: threading.Thread | None = None
@@ -255,6 +257,8 @@ class SteeringApp(app_manager.OSKenApp):
 
     def _handler_failed(self, handler: Any, ev: Any) -> None:
         self.counters.handler_errors += 1
+        what = f"handler {getattr(handler, '__name__', handler)} failed on {_describe_event(ev)}"
+        self.last_failure = (time.monotonic(), what)
         LOG.exception(
             "handler %s failed on %s: contained", getattr(handler, "__name__", handler),
             _describe_event(ev),
@@ -373,6 +377,11 @@ class SteeringApp(app_manager.OSKenApp):
             problems.append(f"event loop has not turned for {stalled:.1f} s")
         elif self._loop_thread is not None and not self._loop_thread.is_alive():
             problems.append("event loop is not running")
+        if self.last_failure is not None:
+            when, what = self.last_failure
+            ago = time.monotonic() - when
+            if ago < FAILURE_WINDOW_S:
+                problems.append(f"{what} {ago:.0f} s ago (contained)")
         problems += self._view.switch_problems
         return problems
 
