@@ -92,7 +92,7 @@ INSTRUCTION_CACHE = 4096
 
 @functools.lru_cache(maxsize=INSTRUCTION_CACHE)
 def _cached_instructions(parser: Any, instructions: tuple[fl.Instruction, ...]) -> list[Any]:
-    return _instructions(parser, instructions)
+    return ofp_instructions(parser, instructions)
 
 
 @functools.lru_cache(maxsize=MATCH_CACHE)
@@ -100,7 +100,7 @@ def _cached_match(parser: Any, match: fl.MatchT) -> Any:
     return ofp_match(parser, match)
 
 
-def _instructions(parser: Any, instructions: Iterable[fl.Instruction]) -> list[Any]:
+def ofp_instructions(parser: Any, instructions: Iterable[fl.Instruction]) -> list[Any]:
     out = []
     for ins in instructions:
         if ins[0] == "apply":
@@ -178,7 +178,7 @@ def wipe_all(dp: Any) -> list[Any]:
     return [flows, groups]
 
 
-def _buckets(parser: Any, group: fl.Group) -> list[Any]:
+def ofp_buckets(parser: Any, group: fl.Group) -> list[Any]:
     # os-ken's OFPBucket defaults to weight=0, which OVS never selects: always pass it.
     return [
         parser.OFPBucket(
@@ -194,7 +194,7 @@ def _buckets(parser: Any, group: fl.Group) -> list[Any]:
 def group_mod(dp: Any, group: fl.Group, command: int) -> Any:
     parser = dp.ofproto_parser
     return parser.OFPGroupMod(
-        dp, command, OFP.OFPGT_SELECT, group.group_id, _buckets(parser, group)
+        dp, command, OFP.OFPGT_SELECT, group.group_id, ofp_buckets(parser, group)
     )
 
 

@@ -306,3 +306,176 @@ def reprogram(net: FakeNetwork, st: Steering, down: set[tuple[str, int]] | None 
         plans[name] = fl.diff(sw.installed(), fl.desired_table(st, name, routes))
         sw.apply(plans[name])
     return plans
+
+
+# -- a fake switch that speaks OpenFlow bytes -------------------------------------------------
+
+
+class FakeOFSwitch:
+    """A :class:`FakeSwitch` driven by the real OpenFlow 1.3 messages the controller sends
+    (:mod:`controller.ofmsg`), answering with os-ken reply messages:
+    read-back (port-desc, flow-stats, group-desc), barriers, and errors for what a switch
+    refuses (a flow that names a group it does not have). Entries it holds keep the cookie
+    and the raw match they were added with, as a switch does."""
+
+    def __init__(self, name: str = "s1", ports: Iterable[int] = (), dpid: int = 1):
+        from os_ken.ofproto import ofproto_protocol, ofproto_v1_3
+
+        self.ofp = ofproto_v1_3
+        self.dp = ofproto_protocol.ProtocolDesc(ofproto_v1_3.OFP_VERSION)
+        self.parser = self.dp.ofproto_parser
+        self.switch = FakeSwitch(name)
+        self.dpid = dpid
+        self.ports = {p: True for p in ports}
+        self.cookies: dict[fl.FlowKey, int] = {}
+        self.raw: dict[fl.FlowKey, Any] = {}  # key -> os-ken match as received
+        self.received: list[Any] = []
+
+    # -- what the switch is told --------------------------------------------------------------
+
+    def receive(self, msgs: Iterable[Any]) -> list[Any]:
+        """Handle messages as the controller sends them; returns the replies (os-ken
+        message objects, as the app's handlers receive them). Each message is serialized;
+        a flow-mod is then parsed back from its bytes, so what the fake holds is what went
+        over the wire. (os-ken has no parsers for the other controller-to-switch messages,
+        nor serializers for multipart replies.)"""
+        from os_ken.ofproto import ofproto_parser
+
+        replies: list[Any] = []
+        for msg in msgs:
+            msg.serialize()
+            data = bytes(msg.buf)
+            if type(msg).__name__ == "OFPFlowMod":
+                msg = ofproto_parser.msg(self.dp, *ofproto_parser.header(data), data)
+            self.received.append(msg)
+            for reply in self._handle(msg):
+                reply.xid = msg.xid
+                replies.append(reply)
+        return replies
+
+    def add_foreign(self, table: int, priority: int, match: Any) -> None:
+        """An entry someone else wrote (any os-ken match, even one the controller cannot
+        express)."""
+        key = (table, priority, (("foreign", id(match)),))
+        self.cookies[key] = 0
+        self.raw[key] = match
+
+    def _handle(self, msg: Any) -> list[Any]:
+        p, ofp = self.parser, self.ofp
+        name = type(msg).__name__
+        if name == "OFPFlowMod":
+            return self._flow_mod(msg)
+        if name == "OFPGroupMod":
+            if msg.command == ofp.OFPGC_DELETE:
+                if msg.group_id == ofp.OFPG_ALL:
+                    self.switch.groups.clear()
+                else:
+                    self.switch.groups.pop(msg.group_id, None)
+            else:
+                buckets = tuple((b.weight, ofmsg_parse_actions(b.actions)) for b in msg.buckets)
+                self.switch.groups[msg.group_id] = fl.Group(msg.group_id, buckets)
+            self.switch.flow_mods += 1
+            return []
+        if name == "OFPBarrierRequest":
+            return [p.OFPBarrierReply(self.dp)]
+        if name == "OFPPortDescStatsRequest":
+            body = [
+                p.OFPPort(n, "00:00:00:00:00:01", f"p{n}", 0, 0 if up else 1, 0, 0, 0, 0, 0, 0)
+                for n, up in sorted(self.ports.items())
+            ]
+            return [p.OFPPortDescStatsReply(self.dp, flags=0, body=body)]
+        if name == "OFPFlowStatsRequest":
+            body = []
+            for key, cookie in self.cookies.items():
+                flow = self.switch.flows.get(key)
+                instructions = [] if flow is None else _ofp_instructions(p, flow.instructions)
+                body.append(
+                    p.OFPFlowStats(
+                        table_id=key[0], duration_sec=0, duration_nsec=0, priority=key[1],
+                        idle_timeout=0, hard_timeout=0, flags=0, cookie=cookie,
+                        packet_count=0, byte_count=0, match=self.raw[key],
+                        instructions=instructions,
+                    )
+                )  # fmt: skip
+            return [p.OFPFlowStatsReply(self.dp, flags=0, body=body)]
+        if name == "OFPGroupDescStatsRequest":
+            from controller import ofmsg
+
+            body = [
+                p.OFPGroupDescStats(ofp.OFPGT_SELECT, g.group_id, ofmsg.ofp_buckets(p, g))
+                for g in self.switch.groups.values()
+            ]
+            return [p.OFPGroupDescStatsReply(self.dp, flags=0, body=body)]
+        return []
+
+    def _flow_mod(self, msg: Any) -> list[Any]:
+        from controller import ofmsg
+
+        ofp = self.ofp
+        if msg.command == ofp.OFPFC_DELETE and msg.table_id == ofp.OFPTT_ALL:
+            self.switch.flows.clear()
+            self.cookies.clear()
+            self.raw.clear()
+            self.switch.flow_mods += 1
+            return []
+        if msg.command == ofp.OFPFC_DELETE_STRICT:
+            wire = ofmsg.serialize_match(msg.match)
+            for key in [
+                k
+                for k, m in self.raw.items()
+                if k[0] == msg.table_id
+                and k[1] == msg.priority
+                and ofmsg.serialize_match(m) == wire
+            ]:
+                self.switch.flows.pop(key, None)
+                self.cookies.pop(key, None)
+                self.raw.pop(key, None)
+            self.switch.flow_mods += 1
+            return []
+        instructions = _parse_instructions(msg.instructions)
+        for ins in instructions:
+            for act in ins[1] if ins[0] == "apply" else ():
+                if act[0] == "group" and act[1] not in self.switch.groups:
+                    return [
+                        self.parser.OFPErrorMsg(
+                            self.dp, type_=ofp.OFPET_BAD_ACTION, code=ofp.OFPBAC_BAD_OUT_GROUP
+                        )
+                    ]
+        flow = fl.Flow(msg.table_id, msg.priority, ofmsg.parse_match(msg.match), instructions)
+        self.switch.flows[flow.key] = flow
+        self.cookies[flow.key] = msg.cookie
+        self.raw[flow.key] = msg.match
+        self.switch.flow_mods += 1
+        return []
+
+    # -- what the controller learns ------------------------------------------------------
+
+    def table(self) -> fl.Installed:
+        return fl.Installed(
+            dict(self.cookies), {g: grp.buckets for g, grp in self.switch.groups.items()}
+        )
+
+
+def ofmsg_parse_actions(actions: Any) -> tuple:
+    from controller import ofmsg
+
+    return ofmsg.parse_actions(actions)
+
+
+def _parse_instructions(instructions: Iterable[Any]) -> tuple:
+    out: list[tuple] = []
+    for ins in instructions:
+        name = type(ins).__name__
+        if name == "OFPInstructionActions":
+            out.append(("apply", ofmsg_parse_actions(ins.actions)))
+        elif name == "OFPInstructionWriteMetadata":
+            out.append(("write_metadata", ins.metadata, ins.metadata_mask))
+        elif name == "OFPInstructionGotoTable":
+            out.append(("goto", ins.table_id))
+    return tuple(out)
+
+
+def _ofp_instructions(parser: Any, instructions: Iterable[Any]) -> list[Any]:
+    from controller import ofmsg
+
+    return ofmsg.ofp_instructions(parser, instructions)
