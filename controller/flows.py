@@ -1,6 +1,6 @@
 """Flow programming: the flow table each switch should hold, and how to get it there. Pure.
 
-Pipeline (OpenFlow 1.3, one switch)::
+Pipeline (OpenFlow 1.3, one switch; declared as data in :mod:`controller.pipeline`)::
 
   table 0  classify
     3000  in_port=<instance port>, untagged | in_port=<fabric port>  -> goto 2

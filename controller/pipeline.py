@@ -1,0 +1,93 @@
+"""The OpenFlow pipeline, declared as data: each table, the match fields it may use, the
+actions and instructions its entries may carry, and the tables it may go to.
+
+:mod:`controller.flows` builds entries for these tables; :func:`violations` checks an entry
+(or a select group's buckets) against the declaration, so a change to flow programming that
+strays from the pipeline fails the tests (every generated table is checked there).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from controller.flows import T_CLASSIFY, T_FORWARD, T_SLOTS, Flow, Group
+
+
+@dataclass(frozen=True)
+class Table:
+    table_id: int
+    name: str
+    purpose: str
+    match_fields: frozenset[str]
+    actions: frozenset[str]
+    instructions: frozenset[str]
+    goto: frozenset[int] = frozenset()
+
+
+L4 = {"tcp_src", "tcp_dst", "udp_src", "udp_dst"}
+DELIVER = {"output", "push_vlan", "set_field"}  # to an instance, here or over the fabric
+
+PIPELINE: dict[int, Table] = {
+    t.table_id: t
+    for t in (
+        Table(
+            T_CLASSIFY,
+            "classify",
+            "which traffic is steered, and by which pool (hash into reg0, or a select group)",
+            frozenset({"in_port", "vlan_vid", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst"} | L4),
+            frozenset({"multipath", "group"}),
+            frozenset({"apply", "write_metadata", "goto"}),
+            frozenset({T_SLOTS, T_FORWARD}),
+        ),
+        Table(
+            T_SLOTS,
+            "slots",
+            "hash slot of a pool -> the instance that owns it",
+            frozenset({"metadata", "reg0"}),
+            frozenset(DELIVER),
+            frozenset({"apply"}),
+        ),
+        Table(
+            T_FORWARD,
+            "forward",
+            "fabric VLANs, ARP (answered here for virtual addresses), IPv4 and L2 delivery",
+            frozenset({"vlan_vid", "eth_type", "arp_op", "arp_tpa", "ipv4_dst", "eth_dst"}),
+            frozenset({"output", "pop_vlan", "set_field", "move"}),
+            frozenset({"apply"}),
+        ),
+    )
+}
+GROUP_ACTIONS = frozenset(DELIVER)  # buckets of a pool's select group
+
+
+def violations(flow: Flow) -> list[str]:
+    """How ``flow`` strays from the declared pipeline ([] when it does not)."""
+    table = PIPELINE.get(flow.table)
+    if table is None:
+        return [f"table {flow.table} is not in the pipeline"]
+    out = []
+    where = f"table {table.name} priority {flow.priority}"
+    for name, _ in flow.match:
+        if name not in table.match_fields:
+            out.append(f"{where}: match field {name} is not allowed")
+    for ins in flow.instructions:
+        if ins[0] not in table.instructions:
+            out.append(f"{where}: instruction {ins[0]} is not allowed")
+        elif ins[0] == "goto" and (ins[1] not in table.goto or ins[1] <= table.table_id):
+            out.append(f"{where}: goto {ins[1]} is not allowed")
+        elif ins[0] == "apply":
+            out += [
+                f"{where}: action {a[0]} is not allowed"
+                for a in ins[1]
+                if a[0] not in table.actions
+            ]
+    return out
+
+
+def group_violations(group: Group) -> list[str]:
+    return [
+        f"group {group.group_id}: action {a[0]} is not allowed"
+        for _, actions in group.buckets
+        for a in actions
+        if a[0] not in GROUP_ACTIONS
+    ]
