@@ -414,6 +414,7 @@ class SteeringApp(app_manager.OSKenApp):
     def wait_confirmed(self, timeout: float) -> bool:
         """True once every connected switch answered every barrier sent to it so far, i.e.
         every change applied before this call is in the switches' tables (tests, tools)."""
+        self.call(lambda: None, timeout)  # the loop finished what it was doing (and sent it)
         with self._answered:
             return self._answered.wait_for(
                 lambda: not any(sw.sync.barriers for sw in list(self._switches.values())),
