@@ -140,9 +140,18 @@ class SteeringCollector(Collector):
         ):
             if hasattr(c, attr):
                 yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
+        connected = app.datapaths
         yield GaugeMetricFamily(
-            "nfsteer_switches_connected", "Connected switches", value=len(app.datapaths)
+            "nfsteer_switches_connected", "Connected switches", value=len(connected)
         )
+        per_switch = GaugeMetricFamily(
+            "nfsteer_switch_connected",
+            "1 while the topology's switch is connected to this controller",
+            labels=["switch"],
+        )
+        for name in sorted(app.steering.topology.switches):
+            per_switch.add_metric([name], 1 if name in connected else 0)
+        yield per_switch
         samples = getattr(c, "change_latency", None)
         if samples is None:
             samples = getattr(c, "barrier_latency", ())
