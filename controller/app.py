@@ -211,7 +211,11 @@ class SteeringApp(app_manager.OSKenApp):
         summary = ", ".join(
             f"{c.pool}: {len(c.moved)} slots moved, epoch {c.epoch}" for c in changes
         )
-        LOG.info("%s (%s)", reason, summary or "no change")
+        fields = {}
+        if len(changes) == 1:
+            c = changes[0]
+            fields = {"pool": c.pool, "epoch": c.epoch, "moved": len(c.moved)}
+        LOG.info("%s (%s)", reason, summary or "no change", extra=fields)
         for fn in list(self._listeners):
             try:
                 fn(changes, reason)
