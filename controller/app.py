@@ -48,7 +48,10 @@ OFP = ofproto_v1_3
 SENT_HISTORY = 8192  # recent messages per switch, to name the cause of an error reply
 PORT_STATS_INTERVAL_S = 2.0
 SEND_CHUNK = 64 * 1024  # bytes of OpenFlow messages handed to a connection at once
-PORT_STATS_KEYS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes")
+# duration_*: the port's age on the switch when it read the counters, a clock for rates.
+PORT_STATS_KEYS = (
+    "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "duration_sec", "duration_nsec"
+)  # fmt: skip
 
 
 class ApplyResult:

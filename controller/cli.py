@@ -24,6 +24,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("nf", "nf.cli", "run one NF instance (firewall, nat, lb) on an interface"),
     ("demo", "controller.demo", "run the scale-out demo in Mininet"),
     ("status", "controller.opscli:status", "pools and instances of a running controller"),
+    ("top", "controller.top", "live view of a running controller, refreshed every second"),
     ("pool", "controller.opscli:pool", "show pools of a running controller"),
     ("instance", "controller.opscli:instance", "add, remove, drain, set capacity of instances"),
 ]
