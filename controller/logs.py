@@ -45,6 +45,10 @@ def bind(**fields: Any) -> None:
     _bound.update(fields)
 
 
+def bind_clear() -> None:
+    _bound.clear()
+
+
 class _BoundFields(logging.Filter):
     def filter(self, record: logging.LogRecord) -> bool:
         for key, value in _bound.items():

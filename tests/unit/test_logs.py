@@ -13,13 +13,15 @@ from controller import cli, logs
 
 @pytest.fixture
 def capture():
-    root = logging.getLogger()
-    saved = (list(root.handlers), root.level)
+    root, ours = logging.getLogger(), logging.getLogger("nfsteer")
+    saved = (list(root.handlers), root.level, ours.level)
+    ours.setLevel(logging.NOTSET)  # a controller started by an earlier test sets its level
     stream = io.StringIO()
     yield stream
     root.handlers[:] = saved[0]
     root.setLevel(saved[1])
-    logs._bound.clear()
+    ours.setLevel(saved[2])
+    logs.bind_clear()
 
 
 def test_json_lines_carry_time_level_logger_message_and_fields(capture):
