@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from controller import keys
 
@@ -24,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis",
         metavar="URL",
+        default=os.environ.get("NFSTEER_REDIS") or None,  # keeps a password off the command line
         help="redis://[:password@]host:port/db, or redis+cluster://[:password@]host:port "
-        "(any node of a Redis Cluster)",
+        "(any node of a Redis Cluster); default $NFSTEER_REDIS",
     )
     p.add_argument(
         "--state",
