@@ -104,3 +104,5 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
         root.removeHandler(old)
     root.addHandler(handler)
     root.setLevel(level.upper())
+    # Mininet's logger prints with a handler of its own (the demo): not a second time here.
+    logging.getLogger("mininet").propagate = False
