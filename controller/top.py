@@ -297,9 +297,17 @@ def _loop(screen: Any, fetcher: Fetcher, view: View, interval: float) -> None:
                 return
         next_fetch = time.monotonic() + interval
         try:
-            view.update(fetcher.snapshot(), time.time())
+            refresh(fetcher, view)
         except ApiError as e:
             view.unreachable(str(e), time.time())
+
+
+def refresh(fetcher: Fetcher, view: View) -> None:
+    """One refresh; an answer that is not what an nfsteer controller gives is an ApiError."""
+    try:
+        view.update(fetcher.snapshot(), time.time())
+    except (KeyError, TypeError, AttributeError) as e:
+        raise ApiError(f"{fetcher.api} gave an unexpected answer ({e!r}): is it nfsteer?") from None
 
 
 def run(args: argparse.Namespace) -> int:
@@ -312,7 +320,7 @@ def run(args: argparse.Namespace) -> int:
     fetcher = Fetcher(args.api, args.api_token)
     view = View()
     try:
-        view.update(fetcher.snapshot(), time.time())
+        refresh(fetcher, view)
     except ApiError as e:
         print(f"nfsteer top: {e}", file=sys.stderr)
         fetcher.close()

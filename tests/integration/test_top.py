@@ -134,3 +134,27 @@ def test_top_against_an_unreachable_controller_prints_one_line_and_exits_1():
     assert r.stderr.startswith(f"nfsteer top: cannot reach the controller at {api}")
     assert len(r.stderr.strip().splitlines()) == 1
     assert time.monotonic() - started < 10
+
+
+def test_top_against_something_else_than_nfsteer_prints_one_line_and_exits_1(tmp_path):
+    import functools
+    import http.server
+
+    (tmp_path / "api" / "v1").mkdir(parents=True)
+    (tmp_path / "healthz").write_text('{"status": "ok"}')
+    (tmp_path / "api" / "v1" / "pools").write_text('[{"not": "a pool"}]')
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(tmp_path))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        api = f"http://127.0.0.1:{server.server_address[1]}"
+        r = subprocess.run(
+            [NFSTEER, "top", "--api", api], capture_output=True, text=True, timeout=30
+        )
+    finally:
+        server.shutdown()
+        server.server_close()
+    assert r.returncode == 1 and r.stdout == ""
+    assert len(r.stderr.strip().splitlines()) == 1
+    assert "unexpected answer" in r.stderr and "Traceback" not in r.stderr
