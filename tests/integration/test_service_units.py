@@ -5,16 +5,19 @@ command line a unit runs is accepted by the real argument parser."""
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shlex
 import shutil
+import signal
 import stat
 import subprocess
+import time
 from pathlib import Path
 
 import pytest
-from conftest import REPO, require
+from conftest import REPO, free_port, require, unique_name
 
 from controller import cli
 
@@ -210,3 +213,95 @@ def test_install_refuses_a_missing_nfsteer(tmp_path):
         "install: /nonexistent/nfsteer is not executable (run make setup, or set NFSTEER_BIN)"
     )
     assert not (tmp_path / "root").exists()
+
+
+def run_unit_command(root: Path, unit: str, env: dict[str, str], instance: str, credentials: Path):
+    """The unit's ExecStart as systemd would start it: its environment file's variables in
+    the environment, %d the credentials directory; options the parser lacks are dropped."""
+    (command,) = [
+        v for k, v in unit_settings(root / "etc/systemd/system" / unit) if k == "ExecStart"
+    ]
+    argv = expand(command, env, instance)
+    argv = [w.replace("/run/credentials/unit", str(credentials)) for w in argv]
+    help_text = subprocess.run(
+        [argv[0], argv[1], "--help"], capture_output=True, text=True, timeout=30
+    ).stdout
+    for option in SECRET_FILE_OPTIONS:
+        if option in argv and option not in help_text:
+            i = argv.index(option)
+            del argv[i : i + 2]
+    return subprocess.Popen(
+        argv,
+        env={"PATH": os.environ["PATH"], **env},
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+
+
+@pytest.mark.redis
+@pytest.mark.timeout(60)
+def test_the_units_command_lines_start_a_controller_and_an_nf(root, redis_server, tmp_path):
+    """What systemd would run, run here: the controller answers on its API and logs JSON;
+    the NF registers in Redis with the URL from its 0600 environment file, and drains and
+    exits 0 on SIGTERM (systemctl stop)."""
+    import httpx
+    import redis as redis_py
+    import yaml
+    from nf_support import FW, veth_pair, write_topology
+
+    from controller import keys
+
+    require(os.geteuid() == 0 and shutil.which("ip") is not None, "root and iproute2")
+    etc = root / "etc" / "nfsteer"
+    topo = write_topology(etc / "topology.yaml", "fw", "firewall", FW)
+    api = f"127.0.0.1:{free_port()}"
+    env = {**env_file(etc / "controller.env"), "NFSTEER_TOPOLOGY": str(topo)}
+    env.update(NFSTEER_API=api, NFSTEER_LISTEN=f"127.0.0.1:{free_port()}")
+    (etc / "secrets" / "redis-url").write_text(redis_server.url + "\n")
+    ctl = run_unit_command(root, "nfsteer-controller.service", env, "", etc / "secrets")
+    share = root / "usr" / "local" / "share" / "nfsteer"
+    r = redis_py.Redis.from_url(redis_server.url, decode_responses=True)
+    try:
+        deadline = time.monotonic() + 20
+        while True:
+            assert ctl.poll() is None, ctl.communicate()[1]
+            try:
+                if httpx.get(f"http://{api}/healthz", timeout=1).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                pass
+            assert time.monotonic() < deadline, "controller API did not answer"
+            time.sleep(0.1)
+        with veth_pair(unique_name("su")) as (_, nf_if):
+            nf_env = env_file(share / "examples" / "nf.env.example")
+            nf_env.update(
+                NFSTEER_NF_INTERFACE=nf_if,
+                NFSTEER_TOPOLOGY=str(topo),
+                NFSTEER_REDIS=redis_server.url,
+            )
+            nf_env["NFSTEER_NF_ARGS"] += " --drain-grace 0.5"  # no controller moves its slots
+            env_path = etc / "nf" / "fw7.env"
+            env_path.write_text("".join(f"{k}={v}\n" for k, v in nf_env.items()))
+            env_path.chmod(0o600)
+            nf = run_unit_command(root, "nfsteer-nf@.service", env_file(env_path), "fw7", tmp_path)
+            try:
+                deadline = time.monotonic() + 15
+                while not r.exists(keys.instance("fw", "fw7")):
+                    assert nf.poll() is None, nf.communicate()[1]
+                    assert time.monotonic() < deadline, "the NF did not register"
+                    time.sleep(0.05)
+                assert redis_server.url not in " ".join(nf.args)  # not on its command line
+            finally:
+                nf.send_signal(signal.SIGTERM)
+                _, nf_err = nf.communicate(timeout=20)
+            assert nf.returncode == 0, nf_err
+            assert not r.exists(keys.instance("fw", "fw7"))  # drained and deregistered
+            assert all(json.loads(line)["instance"] == "fw7" for line in nf_err.splitlines())
+    finally:
+        ctl.send_signal(signal.SIGTERM)
+        _, ctl_err = ctl.communicate(timeout=20)
+        r.close()
+    assert ctl.returncode == 0, ctl_err
+    assert all(json.loads(line)["level"] for line in ctl_err.splitlines())
+    assert yaml.safe_load(topo.read_text())["pools"]["fw"]["kind"] == "firewall"
