@@ -3,6 +3,9 @@ The same behaviour through a real terminal and controller: tests/integration/tes
 
 from __future__ import annotations
 
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
 from controller.top import Snapshot, View
 
 
@@ -87,3 +90,42 @@ def test_unreachable_is_one_event_then_recovery_and_the_screen_says_so():
     view.update(snap(2.0, [member("a", "failed")]))
     assert view.events[-1].endswith("controller reachable again")
     assert "STALE" not in "\n".join(view.lines("http://x"))
+
+
+_counts = st.one_of(st.none(), st.integers(0, 2**64 - 1))
+_member = st.fixed_dictionaries(
+    {
+        "name": st.sampled_from(["a", "b", "c", "d"]),
+        "state": st.sampled_from(["active", "draining", "failed"]),
+        "capacity": st.floats(0.001, 1e6),
+        "slots": st.integers(0, 65536),
+        "traffic": st.one_of(
+            st.none(),
+            st.fixed_dictionaries(
+                {"tx_packets": _counts},
+                optional={
+                    "duration_sec": st.integers(0, 2**32),
+                    "duration_nsec": st.integers(0, 10**9),
+                },
+            ),
+        ),
+    }
+)
+
+
+_answer = st.tuples(
+    st.floats(0, 1e6), st.lists(_member, max_size=4), st.integers(0, 10**6), st.booleans()
+)
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_answer, min_size=1, max_size=6))
+def test_any_sequence_of_answers_renders_without_error(answers):
+    view = View()
+    for at, members, epoch, connected in answers:
+        view.update(snap(at, members, epoch=epoch, switches=("s1",) if connected else ()))
+        text = "\n".join(view.lines("http://x"))
+        assert "pool fw" in text
+        for row in view.rows["fw"]:
+            assert row.pps is None or row.pps >= 0
+            assert row.load_share is None or 0 <= row.load_share <= 1 + 1e-9
