@@ -4,7 +4,7 @@
 VENV := .venv
 PY := $(VENV)/bin/python
 
-.PHONY: setup demo test lint format bench
+.PHONY: setup demo test lint format bench install
 
 setup:
 	@bash scripts/setup.sh
@@ -24,6 +24,13 @@ lint: setup
 format: setup
 	$(VENV)/bin/ruff format .
 	$(VENV)/bin/ruff check --fix .
+
+# systemd units, configuration, secrets, dashboards and alert rules (scripts/install.sh);
+# DESTDIR, PREFIX, SYSCONFDIR, UNITDIR and NFSTEER_BIN are passed on.
+install: setup
+	DESTDIR="$(DESTDIR)" PREFIX="$(or $(PREFIX),/usr/local)" SYSCONFDIR="$(or $(SYSCONFDIR),/etc)" \
+		UNITDIR="$(or $(UNITDIR),/etc/systemd/system)" NFSTEER_BIN="$(NFSTEER_BIN)" \
+		bash scripts/install.sh
 
 bench: setup
 	$(PY) bench/steering.py

@@ -414,7 +414,13 @@ class ApiServer:
         self.port = port
         self.on_unexpected_exit = on_unexpected_exit
         config = uvicorn.Config(
-            api, host=host, port=port, log_level="warning", access_log=False, lifespan="off"
+            api,
+            host=host,
+            port=port,
+            log_level="warning",
+            access_log=False,
+            lifespan="off",
+            log_config=None,  # its records go to the handler the command set up
         )
         self.server = uvicorn.Server(config)
         self.thread: threading.Thread | None = None

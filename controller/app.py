@@ -64,7 +64,10 @@ LOOP_STALL_S = 3.0  # /healthz fails when the loop has not turned for this long
 FAILURE_WINDOW_S = 30.0  # ... and for this long after a handler failed
 CALL_TIMEOUT_S = 30.0  # a caller waits this long for the loop to run its function
 SEND_CHUNK = 64 * 1024  # bytes of OpenFlow messages handed to a connection at once
-PORT_STATS_KEYS = ("rx_packets", "tx_packets", "rx_bytes", "tx_bytes")
+# duration_*: the port's age on the switch when it read the counters, a clock for rates.
+PORT_STATS_KEYS = (
+    "rx_packets", "tx_packets", "rx_bytes", "tx_bytes", "duration_sec", "duration_nsec"
+)  # fmt: skip
 EXIT_LOOP_DIED = 70  # EX_SOFTWARE
 
 T = TypeVar("T")
@@ -458,7 +461,11 @@ class SteeringApp(app_manager.OSKenApp):
         summary = ", ".join(
             f"{c.pool}: {len(c.moved)} slots moved, epoch {c.epoch}" for c in changes
         )
-        LOG.info("%s (%s)", reason, summary or "no change")
+        fields = {}
+        if len(changes) == 1:
+            c = changes[0]
+            fields = {"pool": c.pool, "epoch": c.epoch, "moved": len(c.moved)}
+        LOG.info("%s (%s)", reason, summary or "no change", extra=fields)
         for fn in list(self._listeners):
             try:
                 fn(changes, reason)

@@ -10,8 +10,10 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import logging
 import sys
 
+from controller import logs
 from controller.config import ConfigError
 
 # (name, module, one-line help). The order is the order of `nfsteer --help`.
@@ -22,6 +24,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("nf", "nf.cli", "run one NF instance (firewall, nat, lb) on an interface"),
     ("demo", "controller.demo", "run the scale-out demo in Mininet"),
     ("status", "controller.opscli:status", "pools and instances of a running controller"),
+    ("top", "controller.top", "live view of a running controller, refreshed every second"),
     ("pool", "controller.opscli:pool", "show pools of a running controller"),
     ("instance", "controller.opscli:instance", "add, remove, drain, set capacity of instances"),
 ]
@@ -43,10 +46,13 @@ def build_parser() -> argparse.ArgumentParser:
         prog="nfsteer",
         description="Stateless hash-based traffic steering for network functions.",
     )
+    logs.add_arguments(parser)
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
     for name, module_name, help_text in SUBCOMMANDS:
         module_path, _, part = module_name.partition(":")
         p = sub.add_parser(name, help=help_text, description=help_text)
+        # Also after the command; SUPPRESS keeps a value given before it.
+        logs.add_arguments(p, default=argparse.SUPPRESS)
         try:
             module = importlib.import_module(module_path)
         except ModuleNotFoundError as e:
@@ -62,10 +68,15 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # Commands without --log-level log warnings only (httpx would log every request).
+    logs.configure(getattr(args, "log_level", "WARNING"), args.log_format)
     try:
         return int(args._run(args) or 0)
     except (ConfigError, UsageError) as e:
-        print(f"nfsteer {args.command}: {e}", file=sys.stderr)
+        if args.log_format == "json":  # a log shipper gets this line as JSON too
+            logging.getLogger(f"nfsteer.{args.command}").error("%s", e)
+        else:
+            print(f"nfsteer {args.command}: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         return 130

@@ -98,9 +98,6 @@ def run(args: argparse.Namespace) -> int:
 
     options = options_from_args(args)
     load_topology(options.topology)  # a bad file is reported before anything starts
-    logging.basicConfig(
-        level=options.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s"
-    )
     stopping = threading.Event()
 
     def on_signal(signum: int, frame: Any) -> None:

@@ -365,20 +365,29 @@ class Membership:
         for name, info in instances.items():
             before = self._states.get((pool, name))
             if before is not info.state:
-                log.info("%s/%s: %s -> %s (%s)", pool, name, before or "new", info.state, reason)
+                log.info(
+                    "%s/%s: %s -> %s (%s)", pool, name, before or "new", info.state, reason,
+                    extra={"pool": pool, "instance": name, "state": info.state.value},
+                )  # fmt: skip
                 if info.state is InstanceState.DRAINING:
                     self._drain_deadline[(pool, name)] = now + self.drain_grace_s
                 else:
                     self._drain_deadline.pop((pool, name), None)
             self._states[(pool, name)] = info.state
         for member in [m for m in self._states if m[0] == pool and m[1] not in instances]:
-            log.info("%s/%s: removed (%s)", pool, member[1], reason)
+            log.info(
+                "%s/%s: removed (%s)", pool, member[1], reason,
+                extra={"pool": pool, "instance": member[1]},
+            )  # fmt: skip
             del self._states[member]
             self._drain_deadline.pop(member, None)
         active = any(i.state is InstanceState.ACTIVE and i.located for i in instances.values())
         if not active and pool not in self._empty_pools:
             self._empty_pools.add(pool)
-            log.warning("pool %s has no active instance: its service traffic is dropped", pool)
+            log.warning(
+                "pool %s has no active instance: its service traffic is dropped", pool,
+                extra={"pool": pool},
+            )  # fmt: skip
         elif active and pool in self._empty_pools:
             self._empty_pools.discard(pool)
             log.info("pool %s has an active instance: serving its traffic", pool)

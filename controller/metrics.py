@@ -143,12 +143,21 @@ class SteeringCollector(Collector):
         ):
             if hasattr(c, attr):
                 yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
+        connected = set(view.switches)
         yield GaugeMetricFamily(
-            "nfsteer_switches_connected", "Connected switches", value=len(view.switches)
+            "nfsteer_switches_connected", "Connected switches", value=len(connected)
         )
         yield GaugeMetricFamily(
             "nfsteer_healthy", "1 when /healthz reports no problem", value=0 if app.health() else 1
         )
+        per_switch = GaugeMetricFamily(
+            "nfsteer_switch_connected",
+            "1 while the topology's switch is connected to this controller",
+            labels=["switch"],
+        )
+        for name in sorted(view.topology.switches):
+            per_switch.add_metric([name], 1 if name in connected else 0)
+        yield per_switch
         samples = getattr(c, "change_latency", None)
         if samples is None:
             samples = getattr(c, "barrier_latency", ())

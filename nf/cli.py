@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 
 from controller import keys
 
@@ -24,8 +25,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--redis",
         metavar="URL",
+        default=os.environ.get("NFSTEER_REDIS") or None,  # keeps a password off the command line
         help="redis://[:password@]host:port/db, or redis+cluster://[:password@]host:port "
-        "(any node of a Redis Cluster)",
+        "(any node of a Redis Cluster); default $NFSTEER_REDIS",
     )
     p.add_argument(
         "--state",
@@ -78,8 +80,8 @@ def default_name(interface: str) -> str:
 def run(args: argparse.Namespace) -> int:
     import logging
     import os
-    import sys
 
+    from controller import logs
     from controller.cli import UsageError
     from controller.config import NAME_RE, load_topology
     from nf.config import settings_for_kind
@@ -120,11 +122,7 @@ def run(args: argparse.Namespace) -> int:
         settings = settings_for_kind(args.kind, {})
     capacity = 1.0 if capacity is None else capacity
 
-    logging.basicConfig(
-        level=args.log_level,
-        stream=sys.stderr,
-        format=f"%(asctime)s nf {name} %(levelname)s %(message)s",
-    )
+    logs.bind(pool=args.pool, instance=name)  # on every line of this process
     log = logging.getLogger("nfsteer.nf")
 
     from nf.instance import Instance, build_nf

@@ -147,6 +147,7 @@ def test_join_capacity_failures_and_return_on_the_switch(redis_server, topo, bri
         assert metric(app, "nfsteer_change_to_barrier_seconds_count") > 0
         assert metric(app, "nfsteer_heartbeat_failures_total") == 1
         assert metric(app, "nfsteer_switches_connected") == 1
+        assert metric(app, 'nfsteer_switch_connected{switch="s1"}') == 1
         assert metric(app, 'nfsteer_pool_instances{pool="fw",state="active"}') == 3
 
 
