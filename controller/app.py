@@ -289,8 +289,12 @@ class SteeringApp(app_manager.OSKenApp):
             return fn()
         reply = _Reply()
         self._send_event(EventCall(fn, reply), None)
-        if not reply.done.wait(timeout):
-            raise TimeoutError(f"the controller's event loop did not answer in {timeout:g} s")
+        deadline = time.monotonic() + timeout
+        while not reply.done.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
+            if self._stopping.is_set():
+                raise TimeoutError("the controller's event loop is stopping")
+            if time.monotonic() >= deadline:
+                raise TimeoutError(f"the controller's event loop did not answer in {timeout:g} s")
         if reply.error is not None:
             raise reply.error
         return reply.value
@@ -511,10 +515,16 @@ class SteeringApp(app_manager.OSKenApp):
         return super().start()
 
     def close(self) -> None:
-        self._stopping.set()
-        if self._ticker is not None:
-            self._ticker.join(TICK_S + 1)
-            self._ticker = None
+        self._stop_services()
+        super().close()
+
+    def stop(self) -> None:
+        # The services first: their threads call into the loop, which ends next.
+        self._stop_services()
+        super().stop()
+
+    def _stop_services(self) -> None:
+        # While the loop still runs: the services' threads may be waiting on it.
         if self._services_started:
             self._services_started = False
             try:
@@ -523,11 +533,10 @@ class SteeringApp(app_manager.OSKenApp):
                 service.stop_services(self)
             except Exception:
                 LOG.exception("stopping the controller's services failed")
-        super().close()
-
-    def stop(self) -> None:
         self._stopping.set()
-        super().stop()
+        if self._ticker is not None:
+            self._ticker.join(TICK_S + 1)
+            self._ticker = None
 
     # -- programming -----------------------------------------------------------------------
 
