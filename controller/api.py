@@ -143,7 +143,9 @@ class ChangeOut(BaseModel):
 # --- the application -------------------------------------------------------------------------
 
 
-def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
+def create_api(
+    app: Any, membership: Any = None, store: Any = None, election: Any = None
+) -> FastAPI:
     """The FastAPI application over a running SteeringApp."""
     token: str | None = app.options.api_token
     registry = metrics.make_registry(app, membership, store)
@@ -161,6 +163,24 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
+
+    def leader_only(request: Request) -> None:
+        """Changes are made by the leader: a standby redirects them there (307, the same
+        method and body), or answers 503 while no leader is known."""
+        if app.leading():
+            return
+        target = election.leader_api() if election is not None else None
+        if not target:
+            raise HTTPException(503, "this controller is a standby and no leader is known")
+        url = target.rstrip("/") + request.url.path
+        if request.url.query:
+            url += "?" + request.url.query
+        raise HTTPException(
+            307, f"this controller is a standby: the leader is at {target}",
+            headers={"Location": url},
+        )  # fmt: skip
+
+    mutation = [Depends(authorize), Depends(leader_only)]
 
     @api.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
@@ -255,6 +275,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
         body = {
             "status": "ok" if not problems else "unhealthy",
             "problems": problems,
+            **app.role_status(),
             "redis": "off" if store is None else ("up" if store.up else "down"),
             "switches": list(app.view().switches),
         }
@@ -307,7 +328,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
 
     # -- mutations ------------------------------------------------------------------------
 
-    @api.post("/api/v1/pools/{pool}/instances", dependencies=[Depends(authorize)])
+    @api.post("/api/v1/pools/{pool}/instances", dependencies=mutation)
     def add_instance(pool: str, body: InstanceIn, wait: WaitQ = True) -> ChangeOut:
         ps = pool_or_404(pool)
         listed = topology.pools[pool].instances.get(body.name)
@@ -353,7 +374,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
 
         return change(pool, add, f"api: add {pool}/{body.name}", wait)
 
-    @api.delete("/api/v1/pools/{pool}/instances/{name}", dependencies=[Depends(authorize)])
+    @api.delete("/api/v1/pools/{pool}/instances/{name}", dependencies=mutation)
     def remove_instance(pool: str, name: str, wait: WaitQ = True) -> ChangeOut:
         instance_or_404(pool, name)
         out = change(
@@ -366,7 +387,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
             membership.retire(pool, name)  # else its registration would bring it back
         return out
 
-    @api.post("/api/v1/pools/{pool}/instances/{name}/drain", dependencies=[Depends(authorize)])
+    @api.post("/api/v1/pools/{pool}/instances/{name}/drain", dependencies=mutation)
     def drain(
         pool: str,
         name: str,
@@ -384,7 +405,7 @@ def create_api(app: Any, membership: Any = None, store: Any = None) -> FastAPI:
             membership.retire(pool, name)  # tell a registered NF, per the contract's state
         return out
 
-    @api.put("/api/v1/pools/{pool}/instances/{name}/capacity", dependencies=[Depends(authorize)])
+    @api.put("/api/v1/pools/{pool}/instances/{name}/capacity", dependencies=mutation)
     def capacity(pool: str, name: str, body: CapacityIn, wait: WaitQ = True) -> ChangeOut:
         instance_or_404(pool, name)
         return change(

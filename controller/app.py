@@ -50,6 +50,7 @@ from os_ken.ofproto import ofproto_v1_3
 from controller import flows as fl
 from controller import ofmsg
 from controller.config import Topology, load_topology
+from controller.leadership import Lease
 from controller.options import Options
 from controller.state import InstanceState, PoolChange, PoolState, Steering
 from controller.switchsync import Phase, SwitchSync
@@ -137,6 +138,10 @@ class Counters:
     switch_refused: int = 0
     port_events: int = 0
     handler_errors: int = 0
+    takeovers: int = 0
+    fenced: int = 0  # writes refused as stale (switch or store), each a step-down
+    # seconds from winning a term to every switch MASTER and programmed
+    takeover_seconds: deque = field(default_factory=lambda: deque(maxlen=1000))
     # seconds from a barrier request to its reply, per switch
     barrier_latency: deque = field(default_factory=lambda: deque(maxlen=1000))
     # seconds from apply() to the last switch's barrier reply for that change
@@ -163,6 +168,9 @@ class _Switch:
     sync: SwitchSync
     sent: OrderedDict = field(default_factory=OrderedDict)  # xid -> message
     result: ApplyResult | None = None  # confirms the first programming
+    # OpenFlow role (with several controllers): asked for and confirmed, (role, generation)
+    role_asked: tuple[int, int] | None = None
+    role: tuple[int, int] | None = None
 
 
 class EventCall(event.EventBase):
@@ -213,6 +221,10 @@ class SteeringApp(app_manager.OSKenApp):
         self.port_stats: dict[tuple[str, int], dict[str, int]] = {}
         # Called with one line when the loop dies: ends the process (tests replace it).
         self.on_fatal: Callable[[str], None] = _exit_process
+        # The leader's lease when several controllers share Redis (set by the election
+        # service before the loop starts); None: this is the only controller.
+        self.lease: Lease | None = None
+        self.takeover_started: float | None = None
         self.loop_turned = time.monotonic()
         self.last_failure: tuple[float, str] | None = None  # (when, what) of a handler
         self._loop_thread: threading.Thread | None = None
@@ -546,7 +558,9 @@ class SteeringApp(app_manager.OSKenApp):
                 self._program(sw, result)
 
     def _program(self, sw: _Switch, result: ApplyResult | None) -> None:
-        """Send ``sw`` what its table lacks."""
+        """Send ``sw`` what its table lacks (when this controller leads, as its MASTER)."""
+        if not self._may_program(sw):
+            return
         steps = sw.sync.program(self.steering, self._routes)
         if not steps:
             return
@@ -664,16 +678,148 @@ class SteeringApp(app_manager.OSKenApp):
         sw = _Switch(dp=dp, sync=SwitchSync(name, time.monotonic()))
         self._switches[name] = sw
         self.mark_changed()
-        LOG.info(
-            "switch %s (dpid %#x) connected from %s: reading its table", name, dpid, dp.address
-        )
+        if self.lease is None:  # the only controller: the switch's default role will do
+            LOG.info("switch %s (dpid %#x) connected from %s: reading its table", name, dpid,
+                     dp.address)  # fmt: skip
+            self._read_back(sw)
+            return
+        LOG.info("switch %s (dpid %#x) connected from %s", name, dpid, dp.address)
+        self._assert_role(sw)  # nothing else is sent before the switch confirms a role
+
+    def _read_back(self, sw: _Switch) -> None:
+        sw.sync = SwitchSync(sw.sync.name, time.monotonic())
         self._send_all(
             sw,
             [
-                ofmsg.port_desc_request(dp),
-                ofmsg.flow_stats_request(dp),
-                ofmsg.group_desc_request(dp),
+                ofmsg.port_desc_request(sw.dp),
+                ofmsg.flow_stats_request(sw.dp),
+                ofmsg.group_desc_request(sw.dp),
             ],
+        )
+
+    # -- roles (several controllers) ---------------------------------------------------------
+
+    def leading(self) -> bool:
+        """This controller may change the switches and the pool state now."""
+        return self.lease is None or self.lease.leading(time.monotonic())
+
+    def _wanted_role(self) -> tuple[int, int] | None:
+        assert self.lease is not None
+        if self.leading():
+            return (OFP.OFPCR_ROLE_MASTER, self.lease.term)
+        if self.lease.term > 0:
+            return (OFP.OFPCR_ROLE_SLAVE, self.lease.term)
+        return None  # no term known yet: wait, send nothing
+
+    def _assert_role(self, sw: _Switch) -> None:
+        want = self._wanted_role()
+        if want is None or want in (sw.role, sw.role_asked):
+            return
+        sw.role_asked = want
+        self._send_all(sw, [ofmsg.role_request(sw.dp, *want)])
+
+    def assert_roles(self) -> None:
+        """Ask every switch for the role this controller should have now (loop only)."""
+        for sw in list(self._switches.values()):
+            self._assert_role(sw)
+
+    def on_lease(self, granted: bool, term: int, holder: str, asked_at: float) -> bool:
+        """The election's answer (loop only). True when this makes us the leader of a new
+        term: the caller then loads the pool state and claims the switches."""
+        assert self.lease is not None
+        if granted:
+            new = self.lease.granted(term, asked_at)
+            if new:
+                self.counters.takeovers += 1
+                self.takeover_started = time.monotonic()
+                LOG.warning("leading as term %d", term)
+                self.mark_changed()
+            return new
+        if self.lease.refused(term, holder):
+            LOG.warning("stepping down: %s holds the lease (term %d)", holder, term)
+        self.mark_changed()
+        self.assert_roles()
+        return False
+
+    def lease_unknown(self) -> None:
+        """The election could not reach Redis (loop only)."""
+        assert self.lease is not None
+        if self.lease.leading_as_of_holder() and not self.leading():
+            self.lease.lost()
+            LOG.warning("stepping down: the lease could not be renewed in time")
+            self.mark_changed()
+
+    def step_down(self, reason: str) -> None:
+        """Fenced (a switch or the store refused us as stale): stop acting at once."""
+        if self.lease is None or not self.lease.leading_as_of_holder():
+            return
+        self.counters.fenced += 1
+        if self.lease.lost():
+            LOG.warning("stepping down: %s", reason)
+            self.mark_changed()
+
+    def role_status(self) -> dict[str, Any]:
+        """Role, term and leader for /healthz and `nfsteer status` (any thread)."""
+        lease = self.lease
+        view = self.view()
+        missing = sorted(set(view.topology.switches) - set(view.switches))
+        warnings = [
+            f"switch {n} is not connected to this controller (is its address in the switch's "
+            "controller list?)"
+            for n in missing
+        ]
+        if lease is None:
+            return {"role": "single", "term": None, "leader": None, "warnings": warnings}
+        return {
+            "role": "leader" if self.leading() else "standby",
+            "id": lease.controller_id,
+            "term": lease.term,
+            "leader": lease.holder,
+            "warnings": warnings,
+        }
+
+    def claim_switches(self) -> None:
+        """A new term: become MASTER on every switch, then read back and diff."""
+        self.assert_roles()
+
+    @set_ev_cls(ofp_event.EventOFPRoleReply, MAIN_DISPATCHER)
+    def _role_reply(self, ev: Any) -> None:
+        msg = ev.msg
+        sw = self._switch_of(msg.datapath)
+        if sw is None or self.lease is None:
+            return
+        sw.role = (msg.role, msg.generation_id)
+        if self.lease.term < msg.generation_id < 2**63:  # 2**63 up: no generation set yet
+            self.lease.raise_floor(msg.generation_id)
+        if sw.role_asked == sw.role or sw.role_asked is None:
+            sw.role_asked = None
+        if msg.role == OFP.OFPCR_ROLE_MASTER and self._may_program(sw):
+            LOG.info("switch %s: MASTER (generation %d): reading its table", sw.sync.name,
+                     msg.generation_id)  # fmt: skip
+            self._read_back(sw)
+        elif msg.role == OFP.OFPCR_ROLE_SLAVE and sw.sync.phase is Phase.READING:
+            self._read_back(sw)  # ports and table, kept warm for a takeover
+        self.mark_changed()
+
+    @set_ev_cls(ofp_event.EventOFPExperimenter, MAIN_DISPATCHER)
+    def _experimenter(self, ev: Any) -> None:
+        role = ofmsg.parse_role_status(ev.msg)
+        sw = self._switch_of(ev.msg.datapath)
+        if role is None or sw is None:
+            return
+        new_role, generation = role
+        sw.role = (new_role, generation)
+        if new_role != OFP.OFPCR_ROLE_MASTER and self.leading():
+            self.step_down(f"switch {sw.sync.name} made another controller MASTER "
+                           f"(generation {generation})")  # fmt: skip
+
+    def _may_program(self, sw: _Switch) -> bool:
+        if self.lease is None:
+            return True
+        return (
+            self.leading()
+            and sw.role is not None
+            and sw.role == (OFP.OFPCR_ROLE_MASTER, self.lease.term)
         )
 
     def _switch_of(self, dp: Any) -> _Switch | None:
@@ -716,7 +862,8 @@ class SteeringApp(app_manager.OSKenApp):
             for i in ps.instances.values()
             if i.switch == name and i.port is not None
         }
-        self._port_changes(name, ports, "at connect")
+        if self.leading():
+            self._port_changes(name, ports, "at connect")
         result = ApplyResult([], time.monotonic())
         sw.result = result
         before = self.counters.flow_mods_sent + self.counters.group_mods_sent
@@ -734,8 +881,19 @@ class SteeringApp(app_manager.OSKenApp):
             sent,
         )
         self.mark_changed()
-        if sw.sync.synced:
+        if sw.sync.synced and self._may_program(sw):
             self._sync_events[name].set()
+            if self.takeover_started is not None:
+                self._takeover_switch_done(sw)
+
+    def _takeover_switch_done(self, sw: _Switch) -> None:
+        """A takeover is complete once every connected switch is MASTER and programmed."""
+        if all(self._may_program(s) and s.sync.synced for s in self._switches.values()):
+            assert self.takeover_started is not None
+            took = time.monotonic() - self.takeover_started
+            self.counters.takeover_seconds.append(took)
+            self.takeover_started = None
+            LOG.info("takeover complete in %.0f ms", took * 1000)
 
     @set_ev_cls(ofp_event.EventOFPPortStatus, MAIN_DISPATCHER)
     def _port_status(self, ev: Any) -> None:
@@ -755,6 +913,8 @@ class SteeringApp(app_manager.OSKenApp):
             return
         name = sw.sync.name
         LOG.info("switch %s: port %d %s", name, port.port_no, "up" if up else "down")
+        if not self.leading():
+            return  # the leader acts on it; our copy of the port state stays warm
         self._port_changes(name, {port.port_no: up}, "port status")
         if port.port_no in self._fabric[name] and self._recompute_routes():
             LOG.info(
@@ -791,8 +951,10 @@ class SteeringApp(app_manager.OSKenApp):
                 self.mark_changed()
         for r in self._results.pop((id(dp), xid), []):
             r.answered(id(dp), xid, now)
-        if sw is not None and sw.sync.synced:
+        if sw is not None and sw.sync.synced and self._may_program(sw):
             self._sync_events[sw.sync.name].set()
+            if self.takeover_started is not None:
+                self._takeover_switch_done(sw)
 
     @set_ev_cls(ofp_event.EventOFPErrorMsg, [CONFIG_DISPATCHER, MAIN_DISPATCHER])
     def _error(self, ev: Any) -> None:
@@ -800,6 +962,12 @@ class SteeringApp(app_manager.OSKenApp):
         self.counters.switch_errors += 1
         sw = self._switch_of(msg.datapath)
         cause = sw.sent.get(msg.xid) if sw is not None else None
+        fenced = ofmsg.fencing_error(msg.type, msg.code)
+        if fenced is not None and sw is not None:
+            sw.role = None
+            self.step_down(f"switch {sw.sync.name}: {fenced}")
+            # Learn the switch's generation id: the next term must go above it.
+            self._send_all(sw, [ofmsg.role_request(sw.dp, OFP.OFPCR_ROLE_NOCHANGE, 0)])
         LOG.error(
             "switch %s: error type=%d code=%d for xid %d: %s",
             sw.sync.name if sw else getattr(msg.datapath, "id", "?"),

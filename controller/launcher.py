@@ -22,6 +22,7 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from controller.leadership import DEFAULT_LEASE_MS
 from controller.options import (
     DEFAULT_API,
     DEFAULT_HEARTBEAT_TTL_MS,
@@ -67,6 +68,27 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="an instance whose heartbeat is older than this is failed (default %(default)s)",
     )
     p.add_argument(
+        "--id",
+        dest="controller_id",
+        metavar="NAME",
+        help="this controller's name among several sharing one Redis (default: host name "
+        "and pid); two running controllers may not share a name",
+    )
+    p.add_argument(
+        "--lease-ms",
+        type=int,
+        default=DEFAULT_LEASE_MS,
+        metavar="N",
+        help="the leader's lease in Redis (default %(default)s; renewed every lease / 4): "
+        "after the leader dies, another takes over within about this long",
+    )
+    p.add_argument(
+        "--lease-renew-ms",
+        type=int,
+        metavar="N",
+        help="renewal interval of the lease (default lease / 4; must be under lease / 3)",
+    )
+    p.add_argument(
         "--log-level",
         default="INFO",
         type=str.upper,
@@ -87,6 +109,9 @@ def options_from_args(args: argparse.Namespace) -> Options:
             api_token=args.api_token,
             heartbeat_ttl_ms=args.heartbeat_ttl_ms,
             log_level=args.log_level,
+            controller_id=args.controller_id,
+            lease_ms=args.lease_ms,
+            lease_renew_ms=args.lease_renew_ms,
         )
     except OptionsError as e:
         raise UsageError(str(e)) from None

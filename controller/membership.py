@@ -85,9 +85,11 @@ class Liveness:
         value, pttl, _ = self.seen.get(member, ("register", -1, now))
         self.seen[member] = (value, pttl, now)
 
-    def restart(self, now: float) -> None:
-        """Start (or Redis back): give every instance one TTL to show its heartbeat."""
-        self.grace_until = now + self.ttl_s
+    def restart(self, now: float, grace: bool = True) -> None:
+        """Start (or Redis back): give every instance one TTL to show its heartbeat. A
+        takeover gives none: the heartbeat keys lived on in Redis, and one that expired
+        while no controller led must be acted on at once."""
+        self.grace_until = now + self.ttl_s if grace else now
         self.seen = {m: (v, p, now) for m, (v, p, _) in self.seen.items()}
 
 
@@ -272,7 +274,7 @@ class Membership:
         self.mark_all_dirty()  # every pool is in Redis from the start
         return True
 
-    def _restore_one(self, steering: Steering, stored) -> None:
+    def _restore_one(self, steering: Steering, stored, quiet: bool = False) -> None:
         topo = steering.topology.pools[stored.name]
         if (stored.kind, stored.n_slots, stored.basis) != (topo.kind, topo.slots, topo.basis):
             log.warning(
@@ -303,6 +305,8 @@ class Membership:
             return
         for name, source in stored.sources.items():
             self.sources[(stored.name, name)] = source
+        if quiet:
+            return
         log.info(
             "pool %s: restored epoch %d with %d instances from redis",
             stored.name,
@@ -349,6 +353,8 @@ class Membership:
 
     def on_change(self, changes: list[PoolChange], reason: str) -> None:
         """Snapshot changed pools for saving; track state transitions. Must not block."""
+        if not self.app.leading():
+            return  # only the leader writes the pool state
         steering: Steering = self.app.steering
         now = time.monotonic()
         with self._lock:
@@ -525,6 +531,8 @@ class Membership:
         verb, _, name = data.partition(" ")
         if pool not in self.pools:
             return
+        if not self.app.leading():
+            return  # the leader acts on it
         if verb not in ("register", "update", "drain", "deregister") or not name:
             log.warning("ignoring malformed event %r on %s", data, channel)
             return
@@ -539,6 +547,15 @@ class Membership:
         while not self._stop.is_set():
             now = time.monotonic()
             try:
+                if not self.app.leading():
+                    # A standby acts on nothing: it keeps its copy of the pools warm.
+                    if now >= next_scan:
+                        self.refresh()
+                        next_scan = now + self.scan_interval_s
+                    was_up = True
+                    self._wake.wait(max(0.0, next_scan - time.monotonic()))
+                    self._wake.clear()
+                    continue
                 self.app.call(self._revive_ports)  # needs no Redis
                 if not was_up:
                     if not self.store.ping():
@@ -568,6 +585,31 @@ class Membership:
                 timeout = MAX_BACKOFF_S
             self._wake.wait(timeout)
             self._wake.clear()
+
+    def refresh(self) -> None:
+        """Load every pool's saved state into the app (a standby keeps warm this way)."""
+        snapshots = [s for s in (self.store.load_pool(p) for p in self.pools) if s is not None]
+        self.app.call(lambda: self._restore_all(snapshots, quiet=True))
+
+    def _restore_all(self, snapshots: list[PoolSnapshot], quiet: bool) -> None:
+        steering: Steering = self.app.steering
+        for snap in snapshots:
+            self._restore_one(steering, snap, quiet=quiet)
+        self._remember_states()
+        self.app.mark_changed()
+
+    def take_over(self) -> None:
+        """This controller leads a new term: adopt the pool state as the last leader left
+        it, and write it back under the new term (an older leader's writes are refused
+        from then on). Liveness starts without grace."""
+        try:
+            self.refresh()
+        except StoreUnavailable:
+            return  # the next round decides again
+        self.app.call(lambda: self.liveness.restart(time.monotonic(), grace=False))
+        self.restored = True
+        self.mark_all_dirty()
+        self._wake.set()
 
     def _recovered(self) -> None:
         """Redis is reachable (again): load or write back state, restore lost data."""

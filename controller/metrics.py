@@ -23,6 +23,7 @@ from prometheus_client.registry import Collector
 from controller.state import InstanceState
 
 # Event-to-barrier times: from a change to the switches' barrier replies (seconds).
+TAKEOVER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
 LATENCY_BUCKETS = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 
 
@@ -74,6 +75,7 @@ class SteeringCollector(Collector):
         self.membership = membership
         self.store = store
         self.latency = SampleHistogram()
+        self.takeover = SampleHistogram(TAKEOVER_BUCKETS)
 
     def collect(self) -> Iterable[Any]:
         app = self.app
@@ -140,6 +142,8 @@ class SteeringCollector(Collector):
             ("port_events", "Port status messages received"),
             ("switch_refused", "Switch connections refused (dpid already connected)"),
             ("handler_errors", "Event handler failures (contained)"),
+            ("takeovers", "Terms this controller won (it became the leader)"),
+            ("fenced", "Writes refused as stale by a switch or the store (each a step-down)"),
         ):
             if hasattr(c, attr):
                 yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
@@ -166,6 +170,7 @@ class SteeringCollector(Collector):
             "nfsteer_change_to_barrier_seconds",
             "Time from a change to the barrier reply of every switch",
         )
+        yield from self._leadership(c)
         if self.store is not None:
             yield GaugeMetricFamily(
                 "nfsteer_redis_up", "1 when Redis answered the last command", value=self.store.up
@@ -176,6 +181,14 @@ class SteeringCollector(Collector):
                 "Instances failed because their heartbeat stopped",
                 value=self.membership.heartbeat_failures,
             )
+
+    def _leadership(self, c: Any) -> Iterable[Any]:
+        yield from _role_metrics(self.app)
+        self.takeover.consume(getattr(c, "takeover_seconds", ()))
+        yield self.takeover.family(
+            "nfsteer_takeover_seconds",
+            "Time from winning a term to every switch MASTER and programmed",
+        )
 
     def _traffic(self, pools: dict[str, Any]) -> Iterable[Any]:
         """Per-instance port counters, when the app collects port statistics
@@ -197,6 +210,19 @@ class SteeringCollector(Collector):
                     if stats and key in stats:
                         family.add_metric([pname, name], stats[key])
         yield from families.values()
+
+
+def _role_metrics(app: Any) -> Iterable[Any]:
+    status = app.role_status()
+    role = GaugeMetricFamily(
+        "nfsteer_role", "1 for this controller's role (single, leader, standby)", labels=["role"]
+    )
+    for name in ("single", "leader", "standby"):
+        role.add_metric([name], 1 if status["role"] == name else 0)
+    yield role
+    yield GaugeMetricFamily(
+        "nfsteer_term", "The leader's term this controller knows", value=status["term"] or 0
+    )
 
 
 def make_registry(app: Any, membership: Any = None, store: Any = None) -> CollectorRegistry:

@@ -325,3 +325,34 @@ def describe(msg: Any) -> str:
             f"buckets={[(b.weight, parse_actions(b.actions)) for b in msg.buckets]}"
         )
     return name
+
+
+# -- roles (several controllers) --------------------------------------------------------------
+
+ONF_EXPERIMENTER_ID = 0x4F4E4600
+ONFT_ROLE_STATUS = 1911  # OpenFlow 1.3 extension: the switch tells a controller its new role
+
+
+def role_request(dp: Any, role: int, generation_id: int) -> Any:
+    return dp.ofproto_parser.OFPRoleRequest(dp, role, generation_id)
+
+
+def parse_role_status(msg: Any) -> tuple[int, int] | None:
+    """(role, generation id) of an ONF role-status message; None for other experimenters."""
+    if msg.experimenter != ONF_EXPERIMENTER_ID or msg.exp_type != ONFT_ROLE_STATUS:
+        return None
+    data = bytes(msg.data or b"")
+    if len(data) < 16:
+        return None
+    role = int.from_bytes(data[0:4], "big")
+    generation = int.from_bytes(data[8:16], "big")
+    return role, generation
+
+
+def fencing_error(err_type: int, code: int) -> str | None:
+    """Why an error message means this controller is no longer the master, or None."""
+    if err_type == OFP.OFPET_ROLE_REQUEST_FAILED and code == OFP.OFPRRFC_STALE:
+        return "role request refused as stale (another controller has a newer term)"
+    if err_type == OFP.OFPET_BAD_REQUEST and code == OFP.OFPBRC_IS_SLAVE:
+        return "a change was refused: this controller is SLAVE on the switch"
+    return None

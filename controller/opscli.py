@@ -36,16 +36,28 @@ def _common(p: argparse.ArgumentParser) -> None:
     )
 
 
-def _request(args: argparse.Namespace, method: str, path: str, **kw: Any) -> Any:
+MAX_REDIRECTS = 3
+
+
+def _request(
+    args: argparse.Namespace, method: str, path: str, ok: tuple[int, ...] = (), **kw: Any
+) -> Any:
     import httpx
 
     headers = {"Authorization": f"Bearer {args.api_token}"} if args.api_token else {}
     url = args.api.rstrip("/") + path
-    try:
-        r = httpx.request(method, url, headers=headers, timeout=TIMEOUT_S, **kw)
-    except httpx.HTTPError as e:
-        raise ApiError(f"cannot reach the controller at {args.api}: {e}") from None
-    if r.status_code >= 400:
+    for _ in range(MAX_REDIRECTS + 1):
+        try:
+            r = httpx.request(method, url, headers=headers, timeout=TIMEOUT_S, **kw)
+        except httpx.HTTPError as e:
+            raise ApiError(f"cannot reach the controller at {url}: {e}") from None
+        # A standby sends changes to the leader (307): follow it with the same method, body
+        # and token (httpx would drop the token for another host or port).
+        location = r.headers.get("location", "")
+        if r.status_code not in (307, 308) or not location.startswith(("http://", "https://")):
+            break
+        url = location
+    if r.status_code >= 400 and r.status_code not in ok:
         try:
             detail = r.json().get("detail", r.text)
         except ValueError:
@@ -113,13 +125,22 @@ def add_status_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def _status(args: argparse.Namespace) -> None:
-    health = _request(args, "GET", "/healthz")
+    health = _request(args, "GET", "/healthz", ok=(503,))
     pools = _request(args, "GET", "/api/v1/pools")
     switches = health.get("switches", [])
     print(
         f"controller {args.api}: {len(switches)} switch(es) connected"
         f"{' (' + ', '.join(switches) + ')' if switches else ''}, redis {health.get('redis')}"
     )
+    if health.get("role") not in (None, "single"):
+        print(
+            f"role {health['role']} (id {health.get('id')}), term {health.get('term')}, "
+            f"leader {health.get('leader') or 'unknown'}"
+        )
+    for problem in health.get("problems", []):
+        print(f"unhealthy: {problem}")
+    for warning in health.get("warnings", []):
+        print(f"warning: {warning}")
     rows = [["POOL", *_HEAD]]
     for pool in pools:
         detail = _request(args, "GET", f"/api/v1/pools/{pool['name']}")

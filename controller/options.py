@@ -15,6 +15,8 @@ NFSTEER_API_TOKEN          bearer token the REST API requires for changes    non
                            (required when the API is not on loopback)
 NFSTEER_HEARTBEAT_TTL_MS   heartbeat expiry for registered instances         500
 NFSTEER_LOG_LEVEL          DEBUG, INFO, WARNING, ERROR                       INFO
+NFSTEER_ID                 this controller's name among several (Redis)      host-pid
+NFSTEER_LEASE_MS           the leader's lease (renewed every lease / 4)      3000
 =========================  ================================================  ==============
 
 ``api`` is None (``--api off``, ``NFSTEER_API=off``) to run without the REST API and metrics
@@ -25,15 +27,19 @@ from __future__ import annotations
 
 import ipaddress
 import os
+import re
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+
+from controller.leadership import DEFAULT_LEASE_MS, check_lease
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 API_OFF = "off"
 DEFAULT_LISTEN = ("127.0.0.1", 6653)
 DEFAULT_API = ("127.0.0.1", 8080)
 DEFAULT_HEARTBEAT_TTL_MS = 500
+ID_RE = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 class OptionsError(ValueError):
@@ -49,6 +55,10 @@ class Options:
     api_token: str | None = None
     heartbeat_ttl_ms: int = DEFAULT_HEARTBEAT_TTL_MS
     log_level: str = "INFO"
+    # Several controllers (with Redis): this one's name, and the leader's lease.
+    controller_id: str | None = None  # default: host name and pid
+    lease_ms: int = DEFAULT_LEASE_MS
+    lease_renew_ms: int | None = None  # default: lease / 4
 
     def __post_init__(self) -> None:
         if (
@@ -74,6 +84,13 @@ class Options:
                 check_listen(self.api[0], self.api_token)
             except ApiConfigError as e:
                 raise OptionsError(str(e)) from None
+        problem = check_lease(self.lease_ms, self.lease_renew_ms)
+        if problem:
+            raise OptionsError(problem)
+        if self.controller_id is not None and not ID_RE.fullmatch(self.controller_id):
+            raise OptionsError(
+                f"controller id {self.controller_id!r}: use 1-64 letters, digits, '.', '_' or '-'"
+            )
         object.__setattr__(self, "log_level", self.log_level.upper())
         object.__setattr__(self, "topology", Path(self.topology))
 
@@ -96,7 +113,19 @@ class Options:
             api_token=env.get("NFSTEER_API_TOKEN") or None,
             heartbeat_ttl_ms=ttl_ms,
             log_level=env.get("NFSTEER_LOG_LEVEL", "INFO"),
+            controller_id=env.get("NFSTEER_ID") or None,
+            lease_ms=_int_env(env, "NFSTEER_LEASE_MS", DEFAULT_LEASE_MS),
         )
+
+
+def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
+    text = env.get(name)
+    if not text:
+        return default
+    try:
+        return int(text)
+    except ValueError:
+        raise OptionsError(f"{name}: {text!r} is not a number") from None
 
 
 def parse_api(text: str, what: str = "--api") -> tuple[str, int] | None:

@@ -12,6 +12,7 @@ start rather than run without it. ``stop_services(app)`` stops them.
 from __future__ import annotations
 
 import logging
+import socket
 import threading
 from dataclasses import dataclass
 from typing import Any
@@ -24,11 +25,14 @@ class Services:
     app: Any
     store: Any = None
     membership: Any = None
+    election: Any = None
     api_server: Any = None
 
     def stop(self) -> None:
         if self.api_server is not None:
             self.api_server.stop()
+        if self.election is not None:
+            self.election.stop()  # a leader that stops hands over at once
         if self.membership is not None:
             self.membership.stop()
         if self.store is not None:
@@ -55,6 +59,7 @@ def start_services(app: Any) -> Services:
     options = app.options
     services = Services(app)
     if options.redis_url:
+        from controller.election import Election
         from controller.membership import Membership
         from controller.store import Store
 
@@ -63,13 +68,17 @@ def start_services(app: Any) -> Services:
         if not services.membership.restore():
             log.warning("redis unreachable at start: running from the topology until it is back")
         app.add_listener(services.membership.on_change)
-        services.membership.start()
+        # Several controllers may share this Redis: the lease decides which one leads.
+        services.election = Election(app, services.store, services.membership, None)
     if options.api is not None:  # None: the API is off
         host, port = options.api
         try:
             check_listen(host, options.api_token)
             services.api_server = ApiServer(
-                create_api(app, services.membership, services.store), host, port, app.fatal
+                create_api(app, services.membership, services.store, services.election),
+                host,
+                port,
+                app.fatal,
             )
             services.api_server.start()
         except (ApiConfigError, OSError) as e:
@@ -77,9 +86,30 @@ def start_services(app: Any) -> Services:
             services.api_server = None
             services.stop()
             raise ServiceError(f"REST API: {e}") from None
+    if services.election is not None:
+        from controller.election import ElectionError
+
+        if services.api_server is not None:
+            services.election.api_url = advertised_url(host, services.api_server.port)
+        try:
+            services.election.start()
+        except ElectionError as e:
+            services.election = None
+            services.stop()
+            raise ServiceError(str(e)) from None
+        services.membership.start()
     with _lock:
         _running[id(app)] = services
     return services
+
+
+def advertised_url(host: str, port: int) -> str:
+    """The API URL other controllers redirect changes to."""
+    if host in ("0.0.0.0", "::"):
+        host = socket.gethostname()
+    elif ":" in host:
+        host = f"[{host}]"
+    return f"http://{host}:{port}"
 
 
 def stop_services(app: Any) -> None:
