@@ -24,6 +24,7 @@ from __future__ import annotations
 import hmac
 import ipaddress
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable
@@ -325,6 +326,13 @@ def create_api(
         slot = slot_of(ft, ps.n_slots, ps.basis)
         owners, epoch = ps.assignment, ps.epoch
         return LookupOut(pool=pool, instance=owners[slot], slot=slot, epoch=epoch)
+
+    if os.environ.get("NFSTEER_TEST_HOOKS") == "1":  # for the tests only: never in service
+
+        @api.post("/debug/believe-leader", include_in_schema=False)
+        def believe_leader(body: dict[str, int]) -> dict[str, Any]:
+            """Make this controller believe it leads (term shifted by ``term_delta``)."""
+            return app.call(lambda: app.believe_leader(int(body.get("term_delta", 0))))
 
     # -- mutations ------------------------------------------------------------------------
 

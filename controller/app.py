@@ -778,6 +778,16 @@ class SteeringApp(app_manager.OSKenApp):
             "warnings": warnings,
         }
 
+    def believe_leader(self, term_delta: int) -> dict[str, Any]:
+        """A test hook (``NFSTEER_TEST_HOOKS=1``): believe we lead, with our known term
+        shifted by ``term_delta``, and claim the switches — as a partitioned leader would."""
+        assert self.lease is not None
+        term = self.lease.term + term_delta
+        self.lease.granted(term, time.monotonic())
+        LOG.warning("test hook: believing to lead as term %d", term)
+        self.claim_switches()
+        return {"term": term}
+
     def claim_switches(self) -> None:
         """A new term: become MASTER on every switch, then read back and diff."""
         self.assert_roles()
