@@ -257,3 +257,45 @@ def test_same_id_and_short_lease_are_refused(cluster, topo, redis_server):
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
     assert r.returncode == 2 and "more than 3x the renewal interval" in r.stderr, r.stderr
+
+
+def test_an_nf_that_dies_while_no_leader_is_in_charge_is_failed_at_takeover(
+    redis_server, bridge, tmp_path
+):
+    from membership_support import POOL, ContractNF
+    from membership_support import write_topology as registered_topology
+
+    ttl_ms = 300
+    topo = registered_topology(tmp_path / "reg.yaml", dpid=1, n_instances=2, static=False)
+    started = [
+        Controller(n, topo, redis_server.url, tmp_path, "--heartbeat-ttl-ms", str(ttl_ms))
+        for n in ("a", "b")
+    ]
+    nfs = [ContractNF(redis_server.url, POOL, f"fw{i}", ttl_ms=ttl_ms, interval_ms=60)
+           for i in (1, 2)]  # fmt: skip
+    try:
+        connect_all(bridge, started)
+        wait_for(lambda: sum(c.role() == "leader" for c in started) == 1, 10, "one leader")
+        for nf in nfs:
+            nf.register()
+        leader = leader_of(started)
+        standby = next(c for c in started if c is not leader)
+
+        def state(c: Controller, name: str) -> str | None:
+            pool = httpx.get(c.api + f"/api/v1/pools/{POOL}", timeout=2).json()
+            return next((m["state"] for m in pool["members"] if m["name"] == name), None)
+
+        wait_for(lambda: state(leader, "fw1") == "active", 10, "fw1 to join")
+        wait_for(lambda: state(standby, "fw1") == "active", 10, "the standby to see it")
+        leader.proc.kill()
+        died = nfs[0].stop_heartbeats()  # the NF dies while no controller leads
+        wait_for(lambda: state(standby, "fw1") == "failed", 10, "fw1 to be failed")
+        took = time.monotonic() - died
+        print(f"NF died in the leaderless gap -> failed {took * 1000:.0f} ms later")
+        assert took <= (LEASE_MS + ttl_ms + 200) / 1000 + 0.5  # the bound, and the poll
+        assert state(standby, "fw2") == "active"
+    finally:
+        for nf in nfs:
+            nf.close()
+        for c in started:
+            c.stop()
