@@ -299,3 +299,35 @@ def test_an_nf_that_dies_while_no_leader_is_in_charge_is_failed_at_takeover(
             nf.close()
         for c in started:
             c.stop()
+
+
+def restart_vswitchd() -> None:
+    """Restart ovs-vswitchd only (the database and the bridges' configuration stay); it
+    forgets the generation ids it saw."""
+    ctl = "/usr/share/openvswitch/scripts/ovs-ctl"
+    subprocess.run([ctl, "--no-ovsdb-server", "stop"], check=True, capture_output=True, timeout=60)
+    subprocess.run(
+        [ctl, "--no-ovsdb-server", "--system-id=random", "start"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+
+
+def test_ovs_vswitchd_restart_with_several_controllers(cluster, bridge):
+    a, b = cluster("a"), cluster("b")
+    connect_all(bridge, [a, b])
+    wait_for(lambda: sum(c.role() == "leader" for c in (a, b)) == 1, 10, "one leader")
+    wait_for(lambda: programmed(bridge), 10, "the leader to program the switch")
+    leader = leader_of([a, b])
+    standby = b if leader is a else a
+    before = bridge.flows()
+    restart_vswitchd()
+    for port in PORTS:  # internal ports come back down
+        subprocess.run(["ip", "link", "set", bridge.port_name(port), "up"], check=False)
+    wait_for(lambda: switch_roles(bridge).get(leader.of_port) == "master", 30, "MASTER again")
+    wait_for(lambda: switch_roles(bridge).get(standby.of_port) == "slave", 30, "SLAVE again")
+    wait_for(lambda: bridge.flows() == before, 20, "the table as before")
+    assert leader.role() == "leader" and standby.role() == "standby"
+    r = httpx.put(
+        leader.api + "/api/v1/pools/fw/instances/fw2/capacity", json={"capacity": 2}, timeout=10
+    )
+    assert r.status_code == 200 and r.json()["confirmed"] is True
