@@ -36,9 +36,9 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3
 
+from contract.topology import load_topology
 from controller import flows as fl
 from controller import ofmsg
-from controller.config import load_topology
 from controller.options import Options
 from controller.state import InstanceState, PoolChange, Steering
 from controller.topology import Routes, compute_routes, fabric_ports

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from controller.config import ConfigError, load_topology
+from contract.topology import ConfigError, load_topology
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:

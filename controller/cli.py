@@ -12,7 +12,8 @@ import argparse
 import importlib
 import sys
 
-from controller.config import ConfigError
+from contract.errors import UsageError
+from contract.topology import ConfigError
 
 # (name, module, one-line help). The order is the order of `nfsteer --help`.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -27,8 +28,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
-class UsageError(Exception):
-    """Bad arguments discovered after parsing: printed as one line, exit status 2."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def _unavailable(name: str):

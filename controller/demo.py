@@ -85,7 +85,7 @@ def prerequisites(topology_path: str) -> list[str]:
     for script in ("nfnet.py", "nftraffic.py", "scaleout.py"):
         if not (MININET_DIR / script).is_file():
             missing.append(f"{MININET_DIR / script}: missing")
-    from controller.config import load_topology  # ConfigError reaches the CLI as one line
+    from contract.topology import load_topology  # ConfigError reaches the CLI as one line
 
     topo = load_topology(topology_path)
     roles = [h.role for h in topo.hosts.values()]
@@ -121,7 +121,7 @@ def _interrupt(_sig: int, _frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     missing = prerequisites(args.topology)
     if not missing and args.pool is not None:
-        from controller.config import load_topology
+        from contract.topology import load_topology
 
         pools = load_topology(args.topology).pools
         if args.pool not in pools or len(pools[args.pool].instances) < 3:

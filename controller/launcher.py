@@ -93,8 +93,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contract.topology import load_topology
     from controller.cli import UsageError
-    from controller.config import load_topology
 
     options = options_from_args(args)
     load_topology(options.topology)  # a bad file is reported before anything starts

@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
 
 def offline_lookup(topology_path: str, pool: str, ft: Any) -> dict[str, Any]:
     """The answer computed from a topology file; raises ConfigError/UsageError."""
-    from controller.config import load_topology
+    from contract.topology import load_topology
     from controller.hashing import flow_hash
     from controller.slots import assign
 

@@ -1,6 +1,6 @@
 """Pool membership: NF registrations, heartbeat liveness, drain timers, persistence.
 
-The controller side of the registration contract in ``controller/keys.py``:
+The controller side of the registration contract in ``contract/keys.py``:
 
 - a pub/sub listener on ``nfsteer:{*}:events`` reacts at once to ``register``, ``update``,
   ``drain`` and ``deregister`` messages;
@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from controller import keys
+from contract import keys
 from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
 from controller.store import PoolSnapshot, Store, StoreUnavailable
 

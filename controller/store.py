@@ -1,7 +1,7 @@
 """The controller's state in Redis: pools, instances, slot assignments and epochs.
 
 Layout (every key of one pool carries the hash tag ``{P}``, so a pool lives in one Redis
-Cluster slot and one Lua script can change it atomically; see also ``controller/keys.py``):
+Cluster slot and one Lua script can change it atomically; see also ``contract/keys.py``):
 
 - ``nfsteer:pools`` (set): names of the pools the controller has saved.
 - ``nfsteer:{P}:meta`` (hash): ``kind``, ``n_slots``, ``basis`` of pool P.
@@ -12,7 +12,7 @@ Cluster slot and one Lua script can change it atomically; see also ``controller/
   switch, port, capacity, state, last_heartbeat, source}``; ``source`` says how the
   instance joined (``topology``, ``registered`` or ``api``).
 - ``nfsteer:{P}:inst:N``, ``:members``, ``:hb:N``, ``:events``: the NF registration
-  contract (``controller/keys.py``); the controller only writes ``slots`` and ``epoch``
+  contract (``contract/keys.py``); the controller only writes ``slots`` and ``epoch``
   into an existing ``inst:N`` hash (and restores registrations after Redis lost its data).
 
 One shared client (redis-py connection pool) with explicit timeouts, retry with exponential
@@ -35,7 +35,7 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from controller import keys
+from contract import keys
 from controller.state import InstanceInfo, InstanceState, PoolState
 
 log = logging.getLogger("nfsteer.store")

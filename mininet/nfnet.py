@@ -71,7 +71,7 @@ def _make_project_importable() -> None:
     # `mn --custom` runs this file under Debian's /usr/bin/python3, which lacks the project's
     # dependencies: add the venv's site-packages (its .pth files make the project importable).
     try:
-        import controller.config  # noqa: F401
+        import contract.topology  # noqa: F401
     except ImportError:
         for sp in sorted((REPO / ".venv" / "lib").glob("python3*/site-packages")):
             site.addsitedir(str(sp))
@@ -87,7 +87,7 @@ from mininet.net import Mininet  # noqa: E402
 from mininet.node import Host, OVSSwitch, RemoteController  # noqa: E402
 from mininet.topo import Topo  # noqa: E402
 
-from controller.config import Topology, load_topology  # noqa: E402
+from contract.topology import Topology, load_topology  # noqa: E402
 
 
 class NfHost(Host):
@@ -533,7 +533,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("nfnet: must run as root (Mininet and Open vSwitch need it)", file=sys.stderr)
         return 2
-    from controller.config import ConfigError
+    from contract.topology import ConfigError
 
     try:
         emu = Emulation(Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms)

@@ -12,8 +12,8 @@ from conftest import RedisServer, require
 from membership_support import POOL, write_topology
 from redis.crc import key_slot
 
-from controller import keys
-from controller.config import load_topology
+from contract import keys
+from contract.topology import load_topology
 from controller.state import InstanceInfo, InstanceState, Steering
 from controller.store import PoolSnapshot, Store, StoreUnavailable, connect, instances_key
 

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.topology import ConfigError, load_topology, parse_topology
 from controller.cli import main
-from controller.config import ConfigError, load_topology, parse_topology
 from controller.options import Options, OptionsError, parse_hostport
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def _set(data: dict, path: str, value) -> dict:
         ("pools.fw.instances.fw1.capacity", 0, "capacity"),
         ("pools.fw.instances.fw1.capacity", -2, "capacity"),
         ("hosts.c1.port", 0, "hosts.c1.port"),
-        ("hosts.c1.port", 0xFFFFFF00, "hosts.c1.port"),
+        ("hosts.c1.port", 0xFFFFFF01, "hosts.c1.port"),
         ("hosts.c1.mac", "02:00:00:00:00", "not a MAC address"),
         ("hosts.c1.mac", "01:00:5e:00:00:01", "multicast"),
         ("hosts.c1.ip", "10.0.0.1", "prefix length"),
