@@ -14,7 +14,14 @@ import math
 import re
 from typing import Annotated, Any
 
-from pydantic import AfterValidator, BeforeValidator, Field, TypeAdapter, ValidationError
+from pydantic import (
+    AfterValidator,
+    BeforeValidator,
+    Field,
+    TypeAdapter,
+    ValidationError,
+    WithJsonSchema,
+)
 
 MAX_PORT = 0xFFFFFF00  # OFPP_MAX: higher numbers are reserved OpenFlow ports
 MAX_CAPACITY = 1_000_000
@@ -137,21 +144,70 @@ def _whole_number(value: Any) -> Any:
     return value
 
 
-Name = Annotated[str, BeforeValidator(_name), Field(json_schema_extra={"pattern": NAME_RE.pattern})]
-Mac = Annotated[str, BeforeValidator(mac), Field(examples=["02:00:00:00:00:01"])]
-IPv4 = Annotated[str, BeforeValidator(ipv4), Field(examples=["10.0.0.1"])]
-HostIPv4 = Annotated[str, BeforeValidator(host_ipv4), Field(examples=["10.0.0.1"])]
-Interface = Annotated[str, BeforeValidator(interface), Field(examples=["10.0.0.1/24"])]
-Network = Annotated[str, BeforeValidator(network), Field(examples=["10.0.0.0/24"])]
-SwitchPort = Annotated[int, BeforeValidator(_whole_number), Field(ge=1, le=MAX_PORT)]
+_OCTET = r"(25[0-5]|2[0-4][0-9]|1[0-9]{2}|[1-9]?[0-9])"
+_IPV4_PATTERN = rf"{_OCTET}(\.{_OCTET}){{3}}"
+
+
+def _schema(pattern: str, example: str, description: str) -> WithJsonSchema:
+    return WithJsonSchema(
+        {
+            "type": "string",
+            "pattern": f"^{pattern}$",
+            "examples": [example],
+            "description": description,
+        }
+    )
+
+
+Name = Annotated[
+    str,
+    BeforeValidator(_name),
+    _schema(NAME_RE.pattern, "fw1", "a letter, then up to 9 letters, digits, _ or -"),
+]
+Mac = Annotated[
+    str,
+    BeforeValidator(mac),
+    _schema(
+        r"[0-9A-Fa-f][02468aceACE](:[0-9A-Fa-f]{2}){5}",
+        "02:00:00:00:00:01",
+        "unicast MAC address; 0e:00:... is reserved for virtual addresses",
+    ),
+]
+IPv4 = Annotated[str, BeforeValidator(ipv4), _schema(_IPV4_PATTERN, "10.0.0.1", "IPv4 address")]
+HostIPv4 = Annotated[
+    str,
+    BeforeValidator(host_ipv4),
+    _schema(_IPV4_PATTERN, "10.0.0.1", "IPv4 address of a host (not its subnet's first or last)"),
+]
+Interface = Annotated[
+    str,
+    BeforeValidator(interface),
+    _schema(_IPV4_PATTERN + r"/([0-9]|[12][0-9]|3[0-2])", "10.0.0.1/24", "address with prefix"),
+]
+Network = Annotated[
+    str,
+    BeforeValidator(network),
+    _schema(_IPV4_PATTERN + r"(/([0-9]|[12][0-9]|3[0-2]))?", "10.0.0.0/24", "IPv4 prefix"),
+]
+SwitchPort = Annotated[
+    int,
+    BeforeValidator(_whole_number),
+    Field(ge=1, le=MAX_PORT),
+    WithJsonSchema({"type": "integer", "minimum": 1, "maximum": MAX_PORT}),
+]
 Capacity = Annotated[
     float,
     BeforeValidator(_real_number),
     AfterValidator(float),
     Field(gt=0, le=MAX_CAPACITY, strict=False),
+    WithJsonSchema({"type": "number", "exclusiveMinimum": 0, "maximum": MAX_CAPACITY}),
 ]
 Timestamp = Annotated[
-    float, BeforeValidator(_real_number), AfterValidator(float), Field(ge=0, strict=False)
+    float,
+    BeforeValidator(_real_number),
+    AfterValidator(float),
+    Field(ge=0, strict=False),
+    WithJsonSchema({"type": "number", "minimum": 0}),
 ]
 
 
