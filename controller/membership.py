@@ -33,6 +33,8 @@ from typing import Any
 import redis
 
 from contract import keys
+from contract.records import parse_registration_record
+from contract.values import is_name, short
 from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
 from controller.store import PoolSnapshot, Store, StoreUnavailable
 
@@ -97,8 +99,9 @@ def parse_registration(
     topo_pool = steering.topology.pools.get(pool)
     if topo_pool is None:
         raise ValueError(f"pool {pool!r} is not in the topology")
-    if reg.get("kind") and reg["kind"] != topo_pool.kind:
-        raise ValueError(f"kind {reg['kind']!r} does not match pool kind {topo_pool.kind!r}")
+    record = parse_registration_record(dict(reg))  # the shared model: ValueError if bad
+    if record.kind and record.kind != topo_pool.kind:
+        raise ValueError(f"kind {record.kind!r} does not match pool kind {topo_pool.kind!r}")
     listed = topo_pool.instances.get(name)
     known = steering.pools[pool].instances.get(name)
     if listed is not None:
@@ -112,13 +115,10 @@ def parse_registration(
             "not listed under its pool in the topology (add it through the API with an "
             "explicit switch and port)"
         )
-    if reg.get("capacity"):
-        try:
-            capacity = float(reg["capacity"])
-        except ValueError:
-            raise ValueError(f"capacity {reg['capacity']!r} is not a number") from None
-    for what, mine, theirs in (("MAC", mac, reg.get("mac")), ("IP", ip, reg.get("ip"))):
-        if theirs and theirs.split("/")[0].lower() != mine.lower():
+    if record.capacity is not None:
+        capacity = record.capacity
+    for what, mine, theirs in (("MAC", mac, record.mac), ("IP", ip, record.ip)):
+        if theirs and theirs != mine.lower():
             log.warning(
                 "%s/%s registers %s %s, the topology says %s: using the topology",
                 pool,
@@ -392,6 +392,8 @@ class Membership:
         """Bring one instance in line with its registration (raises StoreUnavailable)."""
         member = (pool, name)
         reg = self.store.registration(pool, name)
+        if reg is None:
+            return  # unreadable: counted and logged by the store; the scan skips it too
         if reg:
             self.registrations[member] = reg
         self._decide(member, reg, alive=None, reason=reason)
@@ -480,8 +482,9 @@ class Membership:
         verb, _, name = data.partition(" ")
         if pool not in self.app.steering.pools:
             return
-        if verb not in ("register", "update", "drain", "deregister") or not name:
-            log.warning("ignoring malformed event %r on %s", data, channel)
+        if verb not in ("register", "update", "drain", "deregister") or not is_name(name):
+            # Not UTF-8 (decoded with U+FFFD), unknown verb, bad name: counted, said once.
+            self.store.reject(pool, "events", f"malformed event {short(data)}")
             return
         self.reconcile_member(pool, name, verb)
 
@@ -603,7 +606,7 @@ class Membership:
                 ):
                     self.reconcile_member(*member, "heartbeat back")
             elif cur.state in LIVE:
-                if not self.store.registration(*member):
+                if self.store.registration(*member) == {}:
                     # Deregistered (hash and heartbeat go together): not a failure.
                     self._decide(member, None, alive=False, reason="deregister")
                     continue
@@ -652,7 +655,7 @@ class Membership:
 
     def scan(self) -> None:
         """Compare every registration with the pool state (backstop for missed events)."""
-        regs = self.store.members(self.pools)
+        regs, unreadable = self.store.members(self.pools)
         steering: Steering = self.app.steering
         listed = [(p, n) for p, ms in regs.items() for n in ms]
         alive = self._observe(listed)
@@ -662,8 +665,13 @@ class Membership:
                 self.registrations[member] = reg
             cur = steering.pools[member[0]].instances.get(member[1])
             if cur is None or cur.state is not InstanceState.FAILED or alive[member]:
-                self._decide(member, reg, alive=alive[member], reason="scan")
-        seen = set(listed)
+                try:
+                    self._decide(member, reg, alive=alive[member], reason="scan")
+                except StoreUnavailable:
+                    raise
+                except Exception as e:  # one member's bad data must not stop the others
+                    self.store.reject(member[0], f"inst:{member[1]}", f"{type(e).__name__}: {e}")
+        seen = set(listed) | unreadable  # an unreadable registration is not a deregistration
         for member in self.registered_members():
             if member not in seen:
                 self._decide(member, None, alive=False, reason="scan")
