@@ -278,18 +278,24 @@ class Membership:
             )
             return
         instances = dict(stored.instances)
-        for name, info in instances.items():
+        for name, info in list(instances.items()):
             listed = topo.instances.get(name)
             if listed is not None:  # the topology file is the authority on attachment
                 info.switch, info.port = listed.switch, listed.port
                 info.mac, info.ip = listed.mac, listed.ip_address
+                continue
+            try:
+                steering.check_instance(info)
+            except SteeringError as e:
+                self.store.reject(stored.name, "instances", f"{name}: {e}")
+                del instances[name]
         for name in topo.instances:  # listed since the state was saved
             if name not in instances:
                 instances[name] = steering.pools[stored.name].instances[name]
         try:
             steering.restore_pool(stored.name, instances, stored.assignment, stored.epoch)
         except SteeringError as e:
-            log.warning("pool %s: cannot restore saved state (%s): starting fresh", stored.name, e)
+            self.store.reject(stored.name, "state", f"cannot be restored ({e}): starting fresh")
             return
         for name, source in stored.sources.items():
             self.sources[(stored.name, name)] = source

@@ -274,6 +274,15 @@ class Steering:
             out[(link.b, link.b_port)] = f"links[{i}]"
         return out
 
+    def check_instance(self, info: InstanceInfo) -> InstanceInfo:
+        """``info`` checked on its own (values, switch, not a host's or link's port);
+        raises SteeringError. Used for records read back from the store."""
+        new = self._validated_info(info)
+        taken = self._fixed_ports().get((new.switch, new.port))  # type: ignore[arg-type]
+        if new.located and taken is not None:
+            raise SteeringError(f"port {new.switch}:{new.port} is used by {taken!r}")
+        return new
+
     def _validated_info(self, info: InstanceInfo) -> InstanceInfo:
         """A copy of ``info`` with every field checked by the shared value types, so
         that nothing the flow programming cannot encode ever enters the state."""
