@@ -1,4 +1,7 @@
-"""`nfsteer check FILE...`: validate topology files without touching any switch."""
+"""`nfsteer check FILE...`: validate topology files without touching any switch.
+
+Exit status 0 when every file is valid, 2 when one is not (one line per problem, each naming
+the file and the field)."""
 
 from __future__ import annotations
 
@@ -26,4 +29,4 @@ def run(args: argparse.Namespace) -> int:
             f"{path}: ok ({len(topo.switches)} switches, {len(topo.hosts)} hosts, "
             f"{len(topo.pools)} pools, {n_inst} instances, {len(topo.services)} services)"
         )
-    return 1 if failed else 0
+    return 2 if failed else 0

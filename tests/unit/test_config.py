@@ -189,7 +189,7 @@ def test_nfsteer_check_in_process(tmp_path, capsys):
     assert "triangle.yaml: ok (3 switches" in out
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(_set(base(), "services.web.pool", "nat")))
-    assert main(["check", str(SINGLE), str(broken)]) == 1
+    assert main(["check", str(SINGLE), str(broken)]) == 2
     captured = capsys.readouterr()
     assert "single.yaml: ok" in captured.out
     assert captured.err.strip() == (
@@ -203,7 +203,7 @@ def test_nfsteer_check_process(tmp_path):
     r = subprocess.run(
         [str(NFSTEER), "check", str(broken)], capture_output=True, text=True, timeout=30
     )
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip() == f"{broken}: switches.s1.colour: unknown key"
     assert "Traceback" not in r.stderr
 
