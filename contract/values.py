@@ -133,6 +133,8 @@ def _real_number(value: Any) -> Any:
     # bool is an int subclass: {"capacity": true} must not be read as 1.
     if isinstance(value, bool) or not isinstance(value, int | float):
         raise ValueError("must be a number")
+    if isinstance(value, int) and abs(value) > 2**53:
+        raise ValueError("must be at most 2^53")
     if not math.isfinite(value):
         raise ValueError("must be a finite number")
     return value
