@@ -301,11 +301,15 @@ class Emulation:
     def start_controller(self) -> None:
         log = open(self.workdir / "controller.out", "ab")  # noqa: SIM115 - owned by the process
         cmd = [str(self.python), "-m", "controller.cli", "controller"]
-        cmd += ["--topology", str(self.topology_path), "--redis", self.redis_url]
+        cmd += ["--topology", str(self.topology_path)]
         cmd += ["--listen", f"127.0.0.1:{self.of_port}", "--api", f"127.0.0.1:{self.api_port}"]
         cmd += ["--heartbeat-ttl-ms", str(self.heartbeat_ttl_ms)]
         cmd += ["--log-level", self.controller_log_level]
-        self.controller_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        # The Redis URL carries the password: in the environment, not on the command line.
+        env = {**os.environ, "NFSTEER_REDIS": self.redis_url}
+        self.controller_proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
         log.close()
         try:
             _wait_port("127.0.0.1", self.of_port, 30, self.controller_proc)
