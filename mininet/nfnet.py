@@ -424,7 +424,7 @@ class Emulation:
         cap = inst.capacity if capacity is None else capacity
         cmd = [str(self.python), "-m", "controller.cli", "nf", "--kind", pool.kind]
         cmd += ["--interface", f"{name}-eth0", "--pool", pname, "--name", name]
-        cmd += ["--capacity", f"{cap:g}", "--redis", self.nf_redis_url, "--state", state]
+        cmd += ["--capacity", f"{cap:g}", "--state", state]
         cmd += [
             "--config",
             str(self.topology_path),
@@ -432,7 +432,9 @@ class Emulation:
             str(self.heartbeat_ttl_ms),
         ]
         log = self.workdir / f"{name}.out"
-        proc = self.popen(name, cmd, log)
+        # The Redis URL carries the password: in the environment, not on the command line.
+        env = {**os.environ, "NFSTEER_REDIS": self.nf_redis_url}
+        proc = self.popen(name, cmd, log, env=env)
         nf = NFProcess(name, pname, pool.kind, state, cap, proc, time.time(), log)
         self.nfs[name] = nf
         return nf
