@@ -1,5 +1,7 @@
 """The `nfsteer` command: one entry point, one module per subcommand.
 
+A module given as ``folder/file.py`` is loaded by path from the source tree (the Mininet
+scripts' folder is not a package, so that it does not shadow Mininet's ``mininet``).
 Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int`` (or, for
 an entry written ``module:name``, ``add_<name>_arguments`` and ``run_<name>``) and keeps its
 module-level imports light (heavy imports go inside ``run``), so that `nfsteer --help` and
@@ -10,10 +12,15 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import sys
+from pathlib import Path
+from types import ModuleType
 
 from contract.errors import UsageError
 from contract.topology import ConfigError
+
+SOURCE_TREE = Path(__file__).resolve().parents[1]
 
 # (name, module, one-line help). The order is the order of `nfsteer --help`.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -21,7 +28,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("check", "controller.check", "validate topology files and exit"),
     ("lookup", "controller.lookup", "which NF instance serves a 5-tuple"),
     ("nf", "nf.cli", "run one NF instance (firewall, nat, lb) on an interface"),
-    ("demo", "controller.demo", "run the scale-out demo in Mininet"),
+    ("demo", "mininet/demo.py", "run the scale-out demo in Mininet"),
     ("status", "controller.opscli:status", "pools and instances of a running controller"),
     ("pool", "controller.opscli:pool", "show pools of a running controller"),
     ("instance", "controller.opscli:instance", "add, remove, drain, set capacity of instances"),
@@ -38,6 +45,25 @@ def _unavailable(name: str):
     return run
 
 
+def _load(module_path: str) -> ModuleType | None:
+    """The subcommand's module, or None when it is not part of this installation."""
+    if module_path.endswith(".py"):
+        file = SOURCE_TREE / module_path
+        if not file.is_file():
+            return None
+        spec = importlib.util.spec_from_file_location(f"nfsteer_{file.stem}", file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_path)
+    except ModuleNotFoundError as e:
+        if e.name != module_path:
+            raise
+        return None
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="nfsteer",
@@ -47,11 +73,8 @@ def build_parser() -> argparse.ArgumentParser:
     for name, module_name, help_text in SUBCOMMANDS:
         module_path, _, part = module_name.partition(":")
         p = sub.add_parser(name, help=help_text, description=help_text)
-        try:
-            module = importlib.import_module(module_path)
-        except ModuleNotFoundError as e:
-            if e.name != module_path:
-                raise
+        module = _load(module_path)
+        if module is None:
             p.set_defaults(_run=_unavailable(name))
             continue
         getattr(module, f"add_{part}_arguments" if part else "add_arguments")(p)

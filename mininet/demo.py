@@ -5,6 +5,9 @@ controller, runs one NF pool from one instance up to all of them and back while 
 keep long-lived TCP connections and open short ones, kills an instance, takes another's
 link down, and drains back to one. Progress is shown live; a JSON report and a PNG plot go
 to ``reports/`` (or ``--out``). The scenario itself lives in ``mininet/scaleout.py``.
+
+Loaded by path by the ``nfsteer`` command (this folder is not a package: it must not shadow
+Mininet's own ``mininet`` package).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-REPO = Path(__file__).resolve().parents[1]
-MININET_DIR = REPO / "mininet"
+MININET_DIR = Path(__file__).resolve().parent
+REPO = MININET_DIR.parent
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
