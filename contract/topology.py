@@ -54,9 +54,6 @@ from pydantic import (
 from contract.files import read_limited
 from contract.nf_settings import NFSettings, settings_for_kind
 from contract.values import (
-    MAC_RE,
-    MAX_PORT,
-    NAME_RE,
     VIRTUAL_MAC_PREFIX,
     Capacity,
     Interface,
@@ -70,8 +67,6 @@ MAX_PORT_COMBINATIONS = 256
 MAX_FILE_BYTES = 4 * 1024 * 1024  # a topology file is a few kB; this bounds a mistake
 MAX_DEPTH = 32  # nesting of mappings and lists
 MAX_NODES = 20_000  # values, mappings and lists in one file (pure-Python YAML: keeps it fast)
-
-__all__ = ["MAC_RE", "MAX_PORT", "NAME_RE", "VIRTUAL_MAC_PREFIX"]
 
 
 class ConfigError(Exception):

@@ -27,8 +27,10 @@ MAX_PORT = 0xFFFFFF00  # OFPP_MAX: higher numbers are reserved OpenFlow ports
 MAX_CAPACITY = 1_000_000
 VIRTUAL_MAC_PREFIX = "0e:00:"  # reserved for the MACs of virtual addresses (VIPs, NAT)
 # Short: Mininet derives interface names from instance names.
-NAME_RE = re.compile(r"[A-Za-z][A-Za-z0-9_-]{0,9}")
-MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}")
+NAME_PATTERN = r"[A-Za-z][A-Za-z0-9_-]{0,9}"
+# \Z, not $: "$" also matches before a trailing newline. Safe with .match and .fullmatch.
+NAME_RE = re.compile(NAME_PATTERN + r"\Z")
+MAC_RE = re.compile(r"[0-9a-f]{2}(:[0-9a-f]{2}){5}\Z")
 _DOTTED_QUAD = re.compile(r"(0|[1-9][0-9]{0,2})(\.(0|[1-9][0-9]{0,2})){3}")
 
 
@@ -164,7 +166,7 @@ def _schema(pattern: str, example: str, description: str) -> WithJsonSchema:
 Name = Annotated[
     str,
     BeforeValidator(_name),
-    _schema(NAME_RE.pattern, "fw1", "a letter, then up to 9 letters, digits, _ or -"),
+    _schema(NAME_PATTERN, "fw1", "a letter, then up to 9 letters, digits, _ or -"),
 ]
 Mac = Annotated[
     str,
