@@ -211,7 +211,7 @@ return -1 - replaced
 
 
 _RETIRE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
   redis.call('HSET', KEYS[1], 'state', 'draining')
   return 1
 end

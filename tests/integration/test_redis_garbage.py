@@ -217,3 +217,26 @@ def test_non_utf8_publish_is_counted_and_ignored(redis_server, raw, topo, caplog
             fw1.close()
         assert membership._pubsub is pubsub  # no resubscribe
     assert not [r for r in caplog.records if r.exc_info]
+
+
+def test_drain_of_an_instance_whose_registration_is_garbage(redis_server, raw, topo):
+    """The API drains a registered instance and marks its registration retired: a key that
+    is not a hash any more is left alone, and the drain answers 200 (not a 500 after the
+    change was applied)."""
+    with controller(topo, redis_server.url) as app:
+        fw1, fw2 = (ContractNF(redis_server.url, POOL, n) for n in ("fw1", "fw2"))
+        try:
+            fw1.register()
+            fw2.register()
+            wait_until(lambda: set(owners(app)) == {"fw1", "fw2"})
+            raw.delete(keys.instance(POOL, "fw2"))
+            raw.set(keys.instance(POOL, "fw2"), "not a hash")
+            svc = services_of(app)
+            with TestClient(create_api(app, svc.membership, svc.store)) as c:
+                r = c.post(f"/api/v1/pools/{POOL}/instances/fw2/drain")
+                assert r.status_code == 200, r.text
+            assert owners(app) == {"fw1": 64}
+            assert raw.get(keys.instance(POOL, "fw2")) == b"not a hash"
+        finally:
+            fw1.close()
+            fw2.close()
