@@ -312,7 +312,10 @@ class Store:
 
         def run(r: redis.Redis) -> int:
             stored = int(self._save(keys=key_list, args=argv, client=r))
-            r.sadd(keys.POOLS, snap.name)  # another cluster slot: not part of the script
+            try:
+                r.sadd(keys.POOLS, snap.name)  # another cluster slot: not part of the script
+            except redis.ResponseError as e:  # not a set: only informational, left alone
+                self.reject(snap.name, "pools", f"wrong type ({short(str(e))})")
             return stored
 
         stored = self.call(run)
@@ -509,7 +512,11 @@ class Store:
             for (pool, name), fields in missing:
                 p.hset(keys.instance(pool, name), mapping=fields)
                 p.sadd(keys.members(pool), name)
-            p.execute()
+            for (pool, _), result in zip(
+                missing, p.execute(raise_on_error=False)[1::2], strict=True
+            ):
+                if isinstance(result, Exception):
+                    self.reject(pool, "members", f"wrong type ({short(str(result))})")
             return len(missing)
 
         return self.call(run)

@@ -31,6 +31,7 @@ from controller.store import instances_key
 CASES = int(os.environ.get("NFSTEER_FUZZ_REDIS_CASES", "400"))
 
 KEYS = {
+    "pools": lambda p: keys.POOLS,
     "epoch": lambda p: keys.epoch(p),
     "assignment": lambda p: keys.assignment(p),
     "instances": lambda p: instances_key(p),
