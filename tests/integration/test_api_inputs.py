@@ -133,3 +133,13 @@ def test_openapi_documents_the_errors(client):
     assert {"400", "401", "404", "409", "413", "422"} <= set(add)
     schema = add["422"]["content"]["application/json"]["schema"]["$ref"].rsplit("/", 1)[1]
     assert doc["components"]["schemas"][schema]["properties"]["detail"]["type"] == "string"
+
+
+def test_lookup_takes_ascii_numbers_only(client):
+    path = f"/api/v1/pools/{STATIC_POOL}/lookup"
+    ok = {"src": "10.0.0.1", "dst": "10.0.0.2", "proto": "tcp", "sport": "1000", "dport": "80"}
+    assert client.get(path, params=ok).status_code == 200
+    for bad in ({"src": "\u0661\u0660.0.0.1"}, {"sport": "\u0661\u0660"}, {"proto": "\u0666"},
+                {"dport": "8" * 5000}):  # fmt: skip
+        r = client.get(path, params=ok | bad)
+        assert r.status_code == 400 and len(r.content) < 300, (bad, r.text[:200])
