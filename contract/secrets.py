@@ -1,11 +1,11 @@
-"""Secrets on the command line: the API token and the Redis URL (which may carry a password).
+"""Secrets for every command: the API token and the Redis URL (which may carry a password).
 
-Every command takes them, in this order of preference, from a file (``--api-token-file``,
-``--redis-url-file``), from the environment (``NFSTEER_API_TOKEN``, ``NFSTEER_REDIS``) or
-from the command line (``--api-token``, ``--redis``). Files and the environment are
-preferred: every local user can read a process's arguments (``ps``), not its environment
-or a file readable by its owner only. A value given explicitly on the command line wins
-over the environment; giving both a file and the value itself is an error.
+Each comes from a file (``--api-token-file``, ``--redis-url-file``), the environment
+(``NFSTEER_API_TOKEN``, ``NFSTEER_REDIS``) or the command line (``--api-token``,
+``--redis``). Files and the environment are the ones to use: every local user can read a
+process's arguments (``ps``), not its environment or a file readable by its owner only.
+When several are given, a file wins, then the command line, then the environment; giving
+both a file and the value itself is an error.
 """
 
 from __future__ import annotations
