@@ -47,10 +47,9 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3
 
-from contract.topology import load_topology
+from contract.topology import Topology, load_topology
 from controller import flows as fl
 from controller import ofmsg
-from contract.topology import Topology
 from controller.options import Options
 from controller.state import InstanceState, PoolChange, PoolState, Steering
 from controller.switchsync import Phase, SwitchSync

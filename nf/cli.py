@@ -77,7 +77,6 @@ def default_name(interface: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import os
 
     from contract import logs
     from contract.errors import UsageError
