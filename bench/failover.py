@@ -39,7 +39,7 @@ import yaml
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from controller import keys  # noqa: E402
+from contract import keys  # noqa: E402
 from controller.launcher import start_in_thread  # noqa: E402
 from controller.membership import POLL_INTERVAL_S  # noqa: E402
 from controller.options import Options  # noqa: E402

@@ -31,12 +31,15 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import uvicorn
-from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse, Response
+from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from prometheus_client import CONTENT_TYPE_LATEST
 from pydantic import BaseModel, ConfigDict, Field
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from contract.values import Capacity, HostIPv4, Mac, Name, SwitchPort, short
 from controller import metrics
 from controller.hashing import FiveTuple, slot_of
 from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
@@ -44,6 +47,8 @@ from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, 
 log = logging.getLogger("nfsteer.api")
 
 BARRIER_TIMEOUT_S = 5.0
+MAX_BODY_BYTES = 64 * 1024  # a request body is a few hundred bytes
+MUTATING_METHODS = frozenset({"POST", "PUT", "PATCH", "DELETE"})
 
 
 class ApiConfigError(ValueError):
@@ -75,16 +80,109 @@ class Body(BaseModel):
 
 
 class InstanceIn(Body):
-    name: str = Field(description="instance name")
-    switch: str | None = Field(None, description="switch name (default: from the topology)")
-    port: int | None = Field(None, ge=1, description="switch port (default: from the topology)")
-    mac: str | None = Field(None, description="MAC address (default: from the topology)")
-    ip: str | None = Field(None, description="IPv4 address (default: from the topology)")
-    capacity: float | None = Field(None, gt=0, description="relative capacity (default 1)")
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    name: Name = Field(description="instance name")
+    switch: Name | None = Field(None, description="switch name (default: from the topology)")
+    port: SwitchPort | None = Field(None, description="switch port (default: from the topology)")
+    mac: Mac | None = Field(None, description="unicast MAC address (default: from the topology)")
+    ip: HostIPv4 | None = Field(None, description="IPv4 address (default: from the topology)")
+    capacity: Capacity | None = Field(None, description="relative capacity (default 1)")
 
 
 class CapacityIn(Body):
-    capacity: float = Field(gt=0)
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+    capacity: Capacity
+
+
+class ErrorOut(BaseModel):
+    """Every error answer: one line saying what was wrong."""
+
+    detail: str
+
+
+def _errors(*codes: int) -> dict[int | str, dict[str, Any]]:
+    what = {
+        400: "the change cannot be applied (nothing was changed)",
+        401: "missing or wrong bearer token",
+        404: "unknown pool or instance",
+        409: "conflicts with the topology file",
+        413: f"request body larger than {MAX_BODY_BYTES} bytes",
+        422: "invalid request (the detail names the field)",
+        307: "this controller is a standby: the change goes to the leader (Location)",
+        503: "this controller is a standby and no leader is known",
+    }
+    return {c: {"model": ErrorOut, "description": what[c]} for c in codes}
+
+
+READ_ERRORS = _errors(404, 422)
+BEARER = HTTPBearer(auto_error=False, description="needed for changes when a token is set")
+CHANGE_ERRORS = _errors(307, 400, 401, 404, 413, 422, 503)
+
+
+class RequestGuard:
+    """ASGI middleware in front of the routes: refuses a body above ``MAX_BODY_BYTES``
+    (413, without reading more of it) and checks the bearer token of a change before its
+    body is parsed (401 comes before any 422)."""
+
+    def __init__(self, app: ASGIApp, token: str | None):
+        self.app = app
+        self.token = token
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        headers = {k.lower(): v for k, v in scope.get("headers", ())}
+        if scope["method"] in MUTATING_METHODS and not _token_ok(
+            headers.get(b"authorization"), self.token
+        ):
+            await _answer(
+                send, 401, "missing or wrong bearer token", {"WWW-Authenticate": "Bearer"}
+            )
+            return
+        length = headers.get(b"content-length")
+        if length is not None and (not length.isdigit() or int(length) > MAX_BODY_BYTES):
+            await _answer(send, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
+            return
+        # Bodies are small: read one in full (up to the limit) before the routes see it.
+        body = b""
+        more = True
+        while more:
+            message = await receive()
+            if message["type"] != "http.request":
+                return  # the client went away
+            body += message.get("body", b"")
+            more = message.get("more_body", False)
+            if len(body) > MAX_BODY_BYTES:
+                await _answer(send, 413, f"request body larger than {MAX_BODY_BYTES} bytes")
+                return
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _token_ok(header: bytes | None, token: str | None) -> bool:
+    if token is None:
+        return True
+    scheme, _, given = (header or b"").partition(b" ")
+    return scheme.lower() == b"bearer" and hmac.compare_digest(given, token.encode())
+
+
+async def _answer(send: Send, status: int, detail: str, headers: dict[str, str] | None = None):
+    body = JSONResponse({"detail": detail}).body
+    raw = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    raw += [(k.lower().encode(), v.encode()) for k, v in (headers or {}).items()]
+    await send({"type": "http.response.start", "status": status, "headers": raw})
+    await send({"type": "http.response.body", "body": body})
 
 
 class InstanceOut(BaseModel):
@@ -156,11 +254,14 @@ def create_api(
         description="Pools, instances and hash-slot assignments of the steering controller.",
     )
 
-    def authorize(authorization: Annotated[str | None, Header()] = None) -> None:
-        if token is None:
-            return
-        scheme, _, given = (authorization or "").partition(" ")
-        if scheme.lower() != "bearer" or not hmac.compare_digest(given.encode(), token.encode()):
+    api.add_middleware(RequestGuard, token=token)
+
+    def authorize(
+        credentials: Annotated[HTTPAuthorizationCredentials | None, Depends(BEARER)],
+    ) -> None:
+        # RequestGuard already refused a wrong token; this declares the scheme in OpenAPI.
+        given = f"Bearer {credentials.credentials}".encode() if credentials else None
+        if not _token_ok(given, token):
             raise HTTPException(
                 401, "missing or wrong bearer token", headers={"WWW-Authenticate": "Bearer"}
             )
@@ -186,10 +287,18 @@ def create_api(
     @api.exception_handler(RequestValidationError)
     async def _invalid(_request: Request, exc: RequestValidationError) -> JSONResponse:
         parts = []
-        for e in exc.errors():
-            loc = ".".join(str(p) for p in e.get("loc", ()) if p not in ("body", "query", "path"))
-            parts.append(f"{loc}: {e.get('msg')}" if loc else str(e.get("msg")))
-        return JSONResponse({"detail": "; ".join(parts) or "invalid request"}, status_code=422)
+        for e in exc.errors()[:5]:
+            loc = ".".join(
+                short(p, 40) if not isinstance(p, str) or len(p) > 40 else p
+                for p in e.get("loc", ())
+                if p not in ("body", "query", "path")
+            )
+            msg = str(e.get("msg", "")).removeprefix("Value error, ")
+            if e.get("type") == "extra_forbidden":
+                msg = "unknown field"
+            parts.append(f"{loc}: {msg}" if loc else msg)
+        detail = "; ".join(parts)[:500] or "invalid request"
+        return JSONResponse({"detail": detail}, status_code=422)
 
     @api.exception_handler(SteeringError)
     async def _refused(_request: Request, exc: SteeringError) -> JSONResponse:
@@ -290,14 +399,14 @@ def create_api(
     def list_pools() -> list[PoolOut]:
         return [pool_out(ps) for _, ps in sorted(app.view().pools.items())]
 
-    @api.get("/api/v1/pools/{pool}")
+    @api.get("/api/v1/pools/{pool}", responses=READ_ERRORS)
     def show_pool(pool: str) -> PoolDetail:
         ps = pool_or_404(pool)
         counts = ps.slot_counts()
         members = [instance_out(i, counts) for _, i in sorted(dict(ps.instances).items())]
         return PoolDetail(**pool_out(ps).model_dump(), members=members)
 
-    @api.get("/api/v1/pools/{pool}/assignment")
+    @api.get("/api/v1/pools/{pool}/assignment", responses=READ_ERRORS)
     def assignment(pool: str) -> AssignmentOut:
         ps = pool_or_404(pool)
         owners = list(ps.assignment)
@@ -309,7 +418,7 @@ def create_api(
             pool=pool, epoch=ps.epoch, n_slots=ps.n_slots, slots=counts, assignment=owners
         )
 
-    @api.get("/api/v1/pools/{pool}/lookup")
+    @api.get("/api/v1/pools/{pool}/lookup", responses=_errors(400, 404, 422))
     def lookup(
         pool: str,
         src: Annotated[str, Query()],
@@ -336,7 +445,11 @@ def create_api(
 
     # -- mutations ------------------------------------------------------------------------
 
-    @api.post("/api/v1/pools/{pool}/instances", dependencies=mutation)
+    @api.post(
+        "/api/v1/pools/{pool}/instances",
+        dependencies=mutation,
+        responses=CHANGE_ERRORS | _errors(409),
+    )
     def add_instance(pool: str, body: InstanceIn, wait: WaitQ = True) -> ChangeOut:
         ps = pool_or_404(pool)
         listed = topology.pools[pool].instances.get(body.name)
@@ -362,7 +475,7 @@ def create_api(
             raise HTTPException(
                 422, f"{body.name} is not in the topology: give {', '.join(missing)}"
             )
-        capacity = body.capacity or getattr(base, "capacity", None) or 1.0
+        capacity = body.capacity if body.capacity is not None else getattr(base, "capacity", 1.0)
         info = InstanceInfo(
             name=body.name,
             pool=pool,
@@ -382,7 +495,11 @@ def create_api(
 
         return change(pool, add, f"api: add {pool}/{body.name}", wait)
 
-    @api.delete("/api/v1/pools/{pool}/instances/{name}", dependencies=mutation)
+    @api.delete(
+        "/api/v1/pools/{pool}/instances/{name}",
+        dependencies=mutation,
+        responses=CHANGE_ERRORS,
+    )
     def remove_instance(pool: str, name: str, wait: WaitQ = True) -> ChangeOut:
         instance_or_404(pool, name)
         out = change(
@@ -395,7 +512,11 @@ def create_api(
             membership.retire(pool, name)  # else its registration would bring it back
         return out
 
-    @api.post("/api/v1/pools/{pool}/instances/{name}/drain", dependencies=mutation)
+    @api.post(
+        "/api/v1/pools/{pool}/instances/{name}/drain",
+        dependencies=mutation,
+        responses=CHANGE_ERRORS,
+    )
     def drain(
         pool: str,
         name: str,
@@ -413,7 +534,11 @@ def create_api(
             membership.retire(pool, name)  # tell a registered NF, per the contract's state
         return out
 
-    @api.put("/api/v1/pools/{pool}/instances/{name}/capacity", dependencies=mutation)
+    @api.put(
+        "/api/v1/pools/{pool}/instances/{name}/capacity",
+        dependencies=mutation,
+        responses=CHANGE_ERRORS,
+    )
     def capacity(pool: str, name: str, body: CapacityIn, wait: WaitQ = True) -> ChangeOut:
         instance_or_404(pool, name)
         return change(

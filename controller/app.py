@@ -47,9 +47,9 @@ from os_ken.controller.handler import (
 )
 from os_ken.ofproto import ofproto_v1_3
 
+from contract.topology import Topology, load_topology
 from controller import flows as fl
 from controller import ofmsg
-from controller.config import Topology, load_topology
 from controller.leadership import Lease
 from controller.options import Options
 from controller.state import InstanceState, PoolChange, PoolState, Steering

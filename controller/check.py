@@ -1,11 +1,14 @@
-"""`nfsteer check FILE...`: validate topology files without touching any switch."""
+"""`nfsteer check FILE...`: validate topology files without touching any switch.
+
+Exit status 0 when every file is valid, 2 when one is not (one line per problem, each naming
+the file and the field)."""
 
 from __future__ import annotations
 
 import argparse
 import sys
 
-from controller.config import ConfigError, load_topology
+from contract.topology import ConfigError, load_topology
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,4 +29,4 @@ def run(args: argparse.Namespace) -> int:
             f"{path}: ok ({len(topo.switches)} switches, {len(topo.hosts)} hosts, "
             f"{len(topo.pools)} pools, {n_inst} instances, {len(topo.services)} services)"
         )
-    return 1 if failed else 0
+    return 2 if failed else 0

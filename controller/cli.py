@@ -1,5 +1,7 @@
 """The `nfsteer` command: one entry point, one module per subcommand.
 
+A module given as ``folder/file.py`` is loaded by path from the source tree (the Mininet
+scripts' folder is not a package, so that it does not shadow Mininet's ``mininet``).
 Each subcommand module provides ``add_arguments(parser)`` and ``run(args) -> int`` (or, for
 an entry written ``module:name``, ``add_<name>_arguments`` and ``run_<name>``) and keeps its
 module-level imports light (heavy imports go inside ``run``), so that `nfsteer --help` and
@@ -10,11 +12,17 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import importlib.util
 import logging
 import sys
+from pathlib import Path
+from types import ModuleType
 
-from controller import logs
-from controller.config import ConfigError
+from contract import logs
+from contract.errors import UsageError
+from contract.topology import ConfigError
+
+SOURCE_TREE = Path(__file__).resolve().parents[1]
 
 # (name, module, one-line help). The order is the order of `nfsteer --help`.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
@@ -22,7 +30,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("check", "controller.check", "validate topology files and exit"),
     ("lookup", "controller.lookup", "which NF instance serves a 5-tuple"),
     ("nf", "nf.cli", "run one NF instance (firewall, nat, lb) on an interface"),
-    ("demo", "controller.demo", "run the scale-out demo in Mininet"),
+    ("demo", "mininet/demo.py", "run the scale-out demo in Mininet"),
     ("status", "controller.opscli:status", "pools and instances of a running controller"),
     ("top", "controller.top", "live view of a running controller, refreshed every second"),
     ("pool", "controller.opscli:pool", "show pools of a running controller"),
@@ -30,8 +38,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
 ]
 
 
-class UsageError(Exception):
-    """Bad arguments discovered after parsing: printed as one line, exit status 2."""
+__all__ = ["UsageError", "build_parser", "main"]
 
 
 def _unavailable(name: str):
@@ -39,6 +46,25 @@ def _unavailable(name: str):
         raise UsageError(f"the {name!r} command is not part of this installation")
 
     return run
+
+
+def _load(module_path: str) -> ModuleType | None:
+    """The subcommand's module, or None when it is not part of this installation."""
+    if module_path.endswith(".py"):
+        file = SOURCE_TREE / module_path
+        if not file.is_file():
+            return None
+        spec = importlib.util.spec_from_file_location(f"nfsteer_{file.stem}", file)
+        assert spec is not None and spec.loader is not None
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+        return module
+    try:
+        return importlib.import_module(module_path)
+    except ModuleNotFoundError as e:
+        if e.name != module_path:
+            raise
+        return None
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -53,11 +79,8 @@ def build_parser() -> argparse.ArgumentParser:
         p = sub.add_parser(name, help=help_text, description=help_text)
         # Also after the command; SUPPRESS keeps a value given before it.
         logs.add_arguments(p, default=argparse.SUPPRESS)
-        try:
-            module = importlib.import_module(module_path)
-        except ModuleNotFoundError as e:
-            if e.name != module_path:
-                raise
+        module = _load(module_path)
+        if module is None:
             p.set_defaults(_run=_unavailable(name))
             continue
         getattr(module, f"add_{part}_arguments" if part else "add_arguments")(p)

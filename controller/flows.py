@@ -65,8 +65,8 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from controller.config import Match as MatchSpec
-from controller.config import Topology, virtual_mac
+from contract.topology import Match as MatchSpec
+from contract.topology import Topology, virtual_mac
 from controller.hashing import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS
 from controller.state import InstanceInfo, Steering
 from controller.topology import Routes, fabric_ports

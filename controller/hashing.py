@@ -26,6 +26,8 @@ from __future__ import annotations
 import ipaddress
 from dataclasses import dataclass
 
+from contract.values import ipv4, short
+
 # nx_hash_fields / nx_mp_algorithm numbers from OVS include/openflow/nicira-ext.h. os-ken
 # names only some of them (no NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP), so the numbers are here.
 MULTIPATH_FIELDS = 3  # NX_HASH_FIELDS_SYMMETRIC_L3L4_UDP
@@ -52,18 +54,21 @@ class FiveTuple:
         addrs = []
         for what, value in (("source", src), ("destination", dst)):
             try:
-                addrs.append(str(ipaddress.IPv4Address(str(value).strip())))
+                addrs.append(ipv4(str(value).strip()))
             except ValueError:
-                raise ValueError(f"{what} address {value!r} is not an IPv4 address") from None
+                raise ValueError(f"{what} address {short(value)} is not an IPv4 address") from None
         number = _parse_proto(proto)
         ports = []
         for what, value in (("source", sport), ("destination", dport)):
+            text = value.strip() if isinstance(value, str) else None
+            if text is not None and not (text.isascii() and text.isdigit() and len(text) <= 5):
+                raise ValueError(f"{what} port {short(value)} is not a number from 0 to 65535")
             try:
-                port = int(str(value).strip(), 10) if isinstance(value, str) else int(value)
+                port = int(text, 10) if text is not None else int(value)
             except (TypeError, ValueError):
-                raise ValueError(f"{what} port {value!r} is not a number") from None
+                raise ValueError(f"{what} port {short(value)} is not a number") from None
             if isinstance(value, bool) or not 0 <= port <= 65535:
-                raise ValueError(f"{what} port {value!r} is not between 0 and 65535")
+                raise ValueError(f"{what} port {short(value)} is not between 0 and 65535")
             ports.append(port)
         return cls(addrs[0], addrs[1], number, ports[0], ports[1])
 
@@ -76,7 +81,7 @@ def _parse_proto(proto: str | int) -> int:
         name = proto.strip().lower()
         if name in PROTOCOLS:
             return PROTOCOLS[name]
-        if not name.isdigit():
+        if not (name.isascii() and name.isdigit() and len(name) <= 3):
             known = ", ".join(PROTOCOLS)
             raise ValueError(f"protocol {proto!r} is not one of {known} or a number 0-255")
         proto = int(name)

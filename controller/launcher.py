@@ -22,6 +22,12 @@ from collections.abc import Callable
 from dataclasses import replace
 from typing import TYPE_CHECKING, Any
 
+from contract.secrets import (
+    add_api_token_arguments,
+    add_redis_url_arguments,
+    api_token,
+    redis_url,
+)
 from controller.leadership import DEFAULT_LEASE_MS
 from controller.options import (
     DEFAULT_API,
@@ -45,7 +51,7 @@ STOP_TIMEOUT = 5.0
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--topology", required=True, metavar="FILE", help="topology YAML file")
-    p.add_argument("--redis", metavar="URL", help="Redis URL for pool state (redis://...)")
+    add_redis_url_arguments(p, "Redis URL for pool state (redis://...; default $NFSTEER_REDIS)")
     p.add_argument(
         "--listen",
         default="{}:{}".format(*DEFAULT_LISTEN),
@@ -59,7 +65,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="REST API and metrics address, or 'off' for none (default %(default)s); "
         "an address that is not loopback needs --api-token",
     )
-    p.add_argument("--api-token", metavar="TOKEN", help="token required by changing API calls")
+    add_api_token_arguments(p, "token required by changing API calls (default $NFSTEER_API_TOKEN)")
     p.add_argument(
         "--heartbeat-ttl-ms",
         type=int,
@@ -103,10 +109,10 @@ def options_from_args(args: argparse.Namespace) -> Options:
     try:
         return Options(
             topology=args.topology,
-            redis_url=args.redis,
+            redis_url=redis_url(args),
             listen=parse_hostport(args.listen, DEFAULT_LISTEN, "--listen"),
             api=parse_api(args.api, "--api"),
-            api_token=args.api_token,
+            api_token=api_token(args),
             heartbeat_ttl_ms=args.heartbeat_ttl_ms,
             log_level=args.log_level,
             controller_id=args.controller_id,
@@ -118,8 +124,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contract.topology import load_topology
     from controller.cli import UsageError
-    from controller.config import load_topology
 
     options = options_from_args(args)
     load_topology(options.topology)  # a bad file is reported before anything starts

@@ -16,7 +16,8 @@ import json
 import sys
 from typing import Any
 
-from controller.cli import UsageError
+from contract.errors import UsageError
+from contract.secrets import add_api_token_arguments, api_token
 
 EXIT_UNREACHABLE = 1
 
@@ -27,7 +28,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     where.add_argument(
         "--api", metavar="URL", help="ask a running controller, e.g. http://127.0.0.1:8080"
     )
-    parser.add_argument("--api-token", metavar="TOKEN", help="bearer token for --api")
+    add_api_token_arguments(parser, "bearer token for --api (default $NFSTEER_API_TOKEN)")
     parser.add_argument("--pool", required=True, help="pool name")
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--timeout", type=float, default=5.0, help="--api timeout, seconds")
@@ -49,7 +50,7 @@ def run(args: argparse.Namespace) -> int:
         if not args.timeout > 0:
             raise UsageError(f"--timeout must be a positive number of seconds, not {args.timeout}")
         return _ask_controller(args, ft)
-    if args.api_token:
+    if args.api_token or args.api_token_file:
         raise UsageError("--api-token needs --api")
     answer = offline_lookup(args.topology, args.pool, ft)
     if args.json:
@@ -64,7 +65,7 @@ def run(args: argparse.Namespace) -> int:
 
 def offline_lookup(topology_path: str, pool: str, ft: Any) -> dict[str, Any]:
     """The answer computed from a topology file; raises ConfigError/UsageError."""
-    from controller.config import load_topology
+    from contract.topology import load_topology
     from controller.hashing import flow_hash
     from controller.slots import assign
 
@@ -101,7 +102,8 @@ def _ask_controller(args: argparse.Namespace, ft: Any) -> int:
     base = args.api.rstrip("/")
     if not base.startswith(("http://", "https://")):
         raise UsageError(f"--api {args.api!r} must be an http:// or https:// URL")
-    headers = {"Authorization": f"Bearer {args.api_token}"} if args.api_token else {}
+    token = api_token(args)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     params = {"src": ft.src, "dst": ft.dst, "proto": ft.proto, "sport": ft.sport}
     params["dport"] = ft.dport
     url = f"{base}/api/v1/pools/{quote(args.pool, safe='')}/lookup"

@@ -1,6 +1,6 @@
 """Pool membership: NF registrations, heartbeat liveness, drain timers, persistence.
 
-The controller side of the registration contract in ``controller/keys.py``:
+The controller side of the registration contract in ``contract/keys.py``:
 
 - a pub/sub listener on ``nfsteer:{*}:events`` reacts at once to ``register``, ``update``,
   ``drain`` and ``deregister`` messages;
@@ -34,7 +34,9 @@ from typing import Any
 
 import redis
 
-from controller import keys
+from contract import keys
+from contract.records import parse_registration_record
+from contract.values import is_name, short
 from controller.membership_rules import Action, Decision, decide
 from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
 from controller.store import PoolSnapshot, Store, StoreUnavailable
@@ -102,8 +104,9 @@ def parse_registration(
     topo_pool = steering.topology.pools.get(pool)
     if topo_pool is None:
         raise ValueError(f"pool {pool!r} is not in the topology")
-    if reg.get("kind") and reg["kind"] != topo_pool.kind:
-        raise ValueError(f"kind {reg['kind']!r} does not match pool kind {topo_pool.kind!r}")
+    record = parse_registration_record(dict(reg))  # the shared model: ValueError if bad
+    if record.kind and record.kind != topo_pool.kind:
+        raise ValueError(f"kind {record.kind!r} does not match pool kind {topo_pool.kind!r}")
     listed = topo_pool.instances.get(name)
     known = steering.pools[pool].instances.get(name)
     if listed is not None:
@@ -117,13 +120,10 @@ def parse_registration(
             "not listed under its pool in the topology (add it through the API with an "
             "explicit switch and port)"
         )
-    if reg.get("capacity"):
-        try:
-            capacity = float(reg["capacity"])
-        except ValueError:
-            raise ValueError(f"capacity {reg['capacity']!r} is not a number") from None
-    for what, mine, theirs in (("MAC", mac, reg.get("mac")), ("IP", ip, reg.get("ip"))):
-        if theirs and theirs.split("/")[0].lower() != mine.lower():
+    if record.capacity is not None:
+        capacity = record.capacity
+    for what, mine, theirs in (("MAC", mac, record.mac), ("IP", ip, record.ip)):
+        if theirs and theirs != mine.lower():
             log.warning(
                 "%s/%s registers %s %s, the topology says %s: using the topology",
                 pool,
@@ -290,18 +290,24 @@ class Membership:
             )
             return
         instances = dict(stored.instances)
-        for name, info in instances.items():
+        for name, info in list(instances.items()):
             listed = topo.instances.get(name)
             if listed is not None:  # the topology file is the authority on attachment
                 info.switch, info.port = listed.switch, listed.port
                 info.mac, info.ip = listed.mac, listed.ip_address
+                continue
+            try:
+                steering.check_instance(info)
+            except SteeringError as e:
+                self.store.reject(stored.name, "instances", f"{name}: {e}")
+                del instances[name]
         for name in topo.instances:  # listed since the state was saved
             if name not in instances:
                 instances[name] = steering.pools[stored.name].instances[name]
         try:
             steering.restore_pool(stored.name, instances, stored.assignment, stored.epoch)
         except SteeringError as e:
-            log.warning("pool %s: cannot restore saved state (%s): starting fresh", stored.name, e)
+            self.store.reject(stored.name, "state", f"cannot be restored ({e}): starting fresh")
             return
         for name, source in stored.sources.items():
             self.sources[(stored.name, name)] = source
@@ -438,6 +444,8 @@ class Membership:
     def reconcile_member(self, pool: str, name: str, reason: str) -> None:
         """Bring one instance in line with its registration (raises StoreUnavailable)."""
         reg = self.store.registration(pool, name)
+        if reg is None:
+            return  # unreadable: counted and logged by the store; the scan skips it too
         self.app.call(lambda: self._decide((pool, name), reg, alive=None, reason=reason))
 
     def _decide(self, member: Member, reg: Mapping[str, str] | None, alive, reason: str):
@@ -533,8 +541,9 @@ class Membership:
             return
         if not self.app.leading():
             return  # the leader acts on it
-        if verb not in ("register", "update", "drain", "deregister") or not name:
-            log.warning("ignoring malformed event %r on %s", data, channel)
+        if verb not in ("register", "update", "drain", "deregister") or not is_name(name):
+            # Not UTF-8 (decoded with U+FFFD), unknown verb, bad name: counted, said once.
+            self.store.reject(pool, "events", f"malformed event {short(data)}")
             return
         self.reconcile_member(pool, name, verb)
 
@@ -691,7 +700,8 @@ class Membership:
         for member in back:
             self.reconcile_member(*member, "heartbeat back")
         for member in dying:
-            registered = bool(self.store.registration(*member))
+            # {}: none (it deregistered); None: unreadable, which is not a deregistration
+            registered = self.store.registration(*member) != {}
             self.app.call(lambda m=member, r=registered: self._heartbeat_lost(m, r))
 
     def _heartbeats_seen(self, beats: Mapping[Member, Any]) -> tuple[list[Member], list[Member]]:
@@ -768,22 +778,27 @@ class Membership:
 
     def scan(self) -> None:
         """Compare every registration with the pool state (backstop for missed events)."""
-        regs = self.store.members(self.pools)
+        regs, unreadable = self.store.members(self.pools)
         listed = [(p, n) for p, ms in regs.items() for n in ms]
         beats = self.store.heartbeats(listed)
-        self.app.call(lambda: self._scanned(regs, listed, beats))
+        self.app.call(lambda: self._scanned(regs, listed, beats, unreadable))
 
-    def _scanned(self, regs, listed: list[Member], beats: Mapping[Member, Any]) -> None:
+    def _scanned(
+        self, regs, listed: list[Member], beats: Mapping[Member, Any], unreadable: set[Member]
+    ) -> None:
         steering: Steering = self.app.steering
         alive = self._observe(beats)
         for member in listed:
             reg = regs[member[0]][member[1]]
             cur = steering.pools[member[0]].instances.get(member[1])
             if cur is None or cur.state is not InstanceState.FAILED or alive[member]:
-                self._decide(member, reg, alive=alive[member], reason="scan")
+                try:
+                    self._decide(member, reg, alive=alive[member], reason="scan")
+                except Exception as e:  # one member's bad data must not stop the others
+                    self.store.reject(member[0], f"inst:{member[1]}", f"{type(e).__name__}: {e}")
             elif reg:
                 self.registrations[member] = dict(reg)
-        seen = set(listed)
+        seen = set(listed) | unreadable  # an unreadable registration is not a deregistration
         for member in self.registered_members():
             if member not in seen:
                 self._decide(member, None, alive=False, reason="scan")

@@ -175,6 +175,14 @@ class SteeringCollector(Collector):
             yield GaugeMetricFamily(
                 "nfsteer_redis_up", "1 when Redis answered the last command", value=self.store.up
             )
+            rejected = CounterMetricFamily(
+                "nfsteer_store_records_rejected",
+                "Values read from Redis that failed validation and were ignored",
+                labels=["pool", "key"],
+            )
+            for (pool, key), count in sorted(dict(self.store.rejected).items()):
+                rejected.add_metric([pool, key], count)
+            yield rejected
         if self.membership is not None:
             yield CounterMetricFamily(
                 "nfsteer_heartbeat_failures",

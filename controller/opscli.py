@@ -1,17 +1,18 @@
 """`nfsteer status`, `nfsteer pool ...`, `nfsteer instance ...`: the REST API from a shell.
 
-Every command takes ``--api URL`` (default http://127.0.0.1:8080) and ``--api-token TOKEN``
-(default: ``$NFSTEER_API_TOKEN``). An unreachable controller or a refused request prints
-one line and exits with status 1.
+Every command takes ``--api URL`` (default http://127.0.0.1:8080) and the token from
+``--api-token-file FILE``, ``$NFSTEER_API_TOKEN`` or ``--api-token TOKEN``. An unreachable
+controller or a refused request prints one line and exits with status 1.
 """
 
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 import time
 from typing import Any
+
+from contract.secrets import add_api_token_arguments, api_token
 
 DEFAULT_API_URL = "http://127.0.0.1:8080"
 TIMEOUT_S = 10.0
@@ -28,12 +29,7 @@ def _common(p: argparse.ArgumentParser) -> None:
         metavar="URL",
         help="controller REST API (default %(default)s)",
     )
-    p.add_argument(
-        "--api-token",
-        default=os.environ.get("NFSTEER_API_TOKEN"),
-        metavar="TOKEN",
-        help="bearer token for changes (default $NFSTEER_API_TOKEN)",
-    )
+    add_api_token_arguments(p, "bearer token for changes (default $NFSTEER_API_TOKEN)")
 
 
 MAX_REDIRECTS = 3
@@ -44,7 +40,8 @@ def _request(
 ) -> Any:
     import httpx
 
-    headers = {"Authorization": f"Bearer {args.api_token}"} if args.api_token else {}
+    token = api_token(args)
+    headers = {"Authorization": f"Bearer {token}"} if token else {}
     url = args.api.rstrip("/") + path
     for _ in range(MAX_REDIRECTS + 1):
         try:

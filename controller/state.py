@@ -11,17 +11,20 @@ from this state, so the state is the one source of truth for the data plane.
 from __future__ import annotations
 
 import copy
+import ipaddress
 import math
-import re
 from collections import Counter
 from dataclasses import dataclass, field
 from enum import StrEnum
 
+from contract import values
+from contract.topology import Topology
+from contract.values import MAX_CAPACITY, is_name
+from contract.values import short as _short
 from controller import slots
-from controller.config import MAC_RE, NAME_RE, Topology
 from controller.hashing import FiveTuple, slot_of
 
-MAX_CAPACITY = 1_000_000
+__all__ = ["MAX_CAPACITY"]
 
 
 class InstanceState(StrEnum):
@@ -166,6 +169,7 @@ class Steering:
             taken = self._fixed_ports().get(where)
             if taken is not None and taken != new.name:
                 raise SteeringError(f"port {new.switch}:{new.port} is used by {taken!r}")
+        self._check_addresses(new, ps.instances)
         if new.last_heartbeat is None and old is not None:
             new.last_heartbeat = old.last_heartbeat
         instances = dict(ps.instances)
@@ -229,6 +233,19 @@ class Steering:
             if info.name != key or info.pool != pool:
                 raise SteeringError(f"instance {key!r} is not named {key!r} in pool {pool!r}")
             checked[key] = self._validated_info(info)
+        fixed = self._fixed_ports()
+        used: dict[tuple[str | None, int | None], str] = {}
+        for info in checked.values():
+            self._check_addresses(info, checked)
+            if not info.located:
+                continue
+            where = (info.switch, info.port)
+            if where in fixed or where in used:
+                taken = fixed.get(where) or used[where]  # type: ignore[arg-type]
+                raise SteeringError(
+                    f"instance {info.name!r}: port {info.switch}:{info.port} is used by {taken!r}"
+                )
+            used[where] = info.name
         if len(assignment) != ps.n_slots:
             raise SteeringError(
                 f"pool {pool!r}: saved assignment has {len(assignment)} slots, "
@@ -257,32 +274,79 @@ class Steering:
             out[(link.b, link.b_port)] = f"links[{i}]"
         return out
 
+    def check_instance(self, info: InstanceInfo) -> InstanceInfo:
+        """``info`` checked on its own (values, switch, not a host's or link's port);
+        raises SteeringError. Used for records read back from the store."""
+        new = self._validated_info(info)
+        taken = self._fixed_ports().get((new.switch, new.port))  # type: ignore[arg-type]
+        if new.located and taken is not None:
+            raise SteeringError(f"port {new.switch}:{new.port} is used by {taken!r}")
+        return new
+
     def _validated_info(self, info: InstanceInfo) -> InstanceInfo:
-        if not isinstance(info.name, str) or not NAME_RE.match(info.name):
-            raise SteeringError(f"invalid instance name {info.name!r}")
-        if not isinstance(info.mac, str) or not MAC_RE.match(info.mac.lower()):
-            raise SteeringError(f"instance {info.name!r}: invalid MAC {info.mac!r}")
-        ip = _ip_address(str(info.ip))
-        if not re.fullmatch(r"(\d{1,3})(\.\d{1,3}){3}", ip) or any(
-            int(x) > 255 for x in ip.split(".")
-        ):
-            raise SteeringError(f"instance {info.name!r}: invalid IPv4 address {info.ip!r}")
+        """A copy of ``info`` with every field checked by the shared value types, so
+        that nothing the flow programming cannot encode ever enters the state."""
+        if not is_name(info.name):
+            raise SteeringError(f"invalid instance name {_short(info.name)}")
+        try:
+            mac = values.mac(info.mac)
+        except ValueError as e:
+            raise SteeringError(f"instance {info.name!r}: invalid MAC: {e}") from None
+        try:
+            ip = values.host_ipv4(_ip_address(info.ip) if isinstance(info.ip, str) else info.ip)
+        except ValueError as e:
+            raise SteeringError(f"instance {info.name!r}: invalid IPv4 address: {e}") from None
         if (info.switch is None) != (info.port is None):
             raise SteeringError(f"instance {info.name!r}: give both switch and port, or neither")
         if info.port is not None and (
-            isinstance(info.port, bool) or not isinstance(info.port, int) or info.port < 1
+            isinstance(info.port, bool)
+            or not isinstance(info.port, int)
+            or not 1 <= info.port <= values.MAX_PORT
         ):
-            raise SteeringError(f"instance {info.name!r}: invalid port {info.port!r}")
+            raise SteeringError(f"instance {info.name!r}: invalid port {_short(info.port)}")
+        if info.switch is not None and info.switch not in self.topology.switches:
+            raise SteeringError(f"unknown switch {_short(info.switch)}")
         try:
             state = InstanceState(info.state)
         except ValueError:
             raise SteeringError(f"instance {info.name!r}: unknown state {info.state!r}") from None
+        if info.last_heartbeat is not None and (
+            isinstance(info.last_heartbeat, bool)
+            or not isinstance(info.last_heartbeat, int | float)
+            or not math.isfinite(info.last_heartbeat)
+        ):
+            raise SteeringError(f"instance {info.name!r}: invalid last_heartbeat")
         out = copy.copy(info)
-        out.mac = info.mac.lower()
+        out.mac = mac
         out.ip = ip
         out.state = state
         out.capacity = _check_capacity(info.capacity)
         return out
+
+    def _check_addresses(self, new: InstanceInfo, instances: dict[str, InstanceInfo]) -> None:
+        """An instance's MAC and address are its own (not another host's or instance's),
+        and the address is not the network or broadcast address of a subnet in use."""
+        others: list[tuple[str, str, str]] = [
+            (f"host {n!r}", h.mac, h.ip_address) for n, h in self.topology.hosts.items()
+        ]
+        for pname, ps in self.pools.items():
+            members = instances if pname == new.pool else ps.instances
+            others += [
+                (f"instance {n!r} of pool {pname!r}", i.mac, i.ip)
+                for n, i in members.items()
+                if (pname, n) != (new.pool, new.name)
+            ]
+        for what, mac, ip in others:
+            if mac == new.mac:
+                raise SteeringError(f"instance {new.name!r}: MAC {new.mac} is the MAC of {what}")
+            if ip == new.ip:
+                raise SteeringError(f"instance {new.name!r}: {new.ip} is the address of {what}")
+        for att in self.topology.attachments().values():
+            if values.is_network_or_broadcast_of(new.ip, att.ip):
+                raise SteeringError(
+                    f"instance {new.name!r}: {new.ip} is the network or broadcast address of "
+                    f"{ipaddress.IPv4Interface(att.ip).network}"
+                )
 
     def _commit(self, ps: PoolState, instances: dict[str, InstanceInfo]) -> PoolChange:
         """Recompute the assignment for new instance data; apply it atomically."""

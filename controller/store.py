@@ -1,7 +1,7 @@
 """The controller's state in Redis: pools, instances, slot assignments and epochs.
 
 Layout (every key of one pool carries the hash tag ``{P}``, so a pool lives in one Redis
-Cluster slot and one Lua script can change it atomically; see also ``controller/keys.py``):
+Cluster slot and one Lua script can change it atomically; see also ``contract/keys.py``):
 
 - ``nfsteer:pools`` (set): names of the pools the controller has saved.
 - ``nfsteer:{P}:meta`` (hash): ``kind``, ``n_slots``, ``basis`` of pool P.
@@ -12,7 +12,7 @@ Cluster slot and one Lua script can change it atomically; see also ``controller/
   switch, port, capacity, state, last_heartbeat, source}``; ``source`` says how the
   instance joined (``topology``, ``registered`` or ``api``).
 - ``nfsteer:{P}:inst:N``, ``:members``, ``:hb:N``, ``:events``: the NF registration
-  contract (``controller/keys.py``); the controller only writes ``slots`` and ``epoch``
+  contract (``contract/keys.py``); the controller only writes ``slots`` and ``epoch``
   into an existing ``inst:N`` hash (and restores registrations after Redis lost its data).
 
 One shared client (redis-py connection pool) with explicit timeouts, retry with exponential
@@ -35,7 +35,9 @@ import redis
 from redis.backoff import ExponentialBackoff
 from redis.retry import Retry
 
-from controller import keys
+from contract import keys
+from contract.records import parse_instance_record
+from contract.values import is_name, short
 from controller.state import InstanceInfo, InstanceState, PoolState
 
 log = logging.getLogger("nfsteer.store")
@@ -46,7 +48,9 @@ RETRIES = 2  # client-level retries; the controller's loops retry further with t
 HEALTH_CHECK_INTERVAL_S = 5
 
 SOURCES = ("topology", "registered", "api")
+MAX_EPOCH = 2**53  # exact in a Lua number (a double): larger saved epochs are garbage
 T = TypeVar("T")
+Member = tuple[str, str]
 
 
 class StoreUnavailable(Exception):
@@ -70,6 +74,10 @@ def connect(url: str) -> redis.Redis:
         retry_on_error=[redis.ConnectionError, redis.TimeoutError],
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         client_name="nfsteer-controller",
+        # A value that is not UTF-8 (anyone may write into Redis) decodes with U+FFFD and
+        # then fails validation like any other bad value, instead of failing the whole
+        # pipeline reply it came in.
+        encoding_errors="replace",
     )
 
 
@@ -115,15 +123,35 @@ def instance_to_json(info: InstanceInfo, source: str) -> str:
 
 
 def instance_from_json(text: str) -> tuple[InstanceInfo, str]:
-    """Parse one stored instance record; raises ValueError on a malformed one."""
+    """Parse one stored instance record (checked by the shared InstanceRecord model);
+    raises ValueError on a malformed one."""
     try:
-        d = json.loads(text)
-        source = d.pop("source", "topology")
-        d["state"] = InstanceState(d["state"])
-        d["capacity"] = float(d["capacity"])
-        return InstanceInfo(**d), source if source in SOURCES else "topology"
-    except (TypeError, KeyError, json.JSONDecodeError) as e:
-        raise ValueError(f"malformed instance record: {e}") from None
+        data = json.loads(text)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"not JSON: {e}") from None
+    record = parse_instance_record(data)
+    info = InstanceInfo(
+        name=record.name,
+        pool=record.pool,
+        mac=record.mac,
+        ip=record.ip,
+        switch=record.switch,
+        port=record.port,
+        capacity=record.capacity,
+        state=InstanceState(record.state),
+        last_heartbeat=record.last_heartbeat,
+    )
+    return info, record.source
+
+
+def parse_epoch(value: Any) -> int:
+    """A saved epoch: a decimal integer from 0 to MAX_EPOCH; ValueError otherwise."""
+    if not isinstance(value, str) or not value.isascii() or not value.isdigit():
+        raise ValueError(f"epoch {short(value)} is not a whole number")
+    epoch = int(value[:20])
+    if len(value) > 17 or epoch > MAX_EPOCH:
+        raise ValueError(f"epoch {short(value)} is above {MAX_EPOCH}")
+    return epoch
 
 
 # Assignment, epoch and the per-instance slot counts change together or not at all, and an
@@ -131,29 +159,59 @@ def instance_from_json(text: str) -> tuple[InstanceInfo, str]:
 # KEYS: epoch, assignment, instances, meta, inst:N...   ARGV: epoch, assignment JSON, kind,
 # n_slots, basis, number of instance records, (name, JSON)..., slot count per inst:N key.
 _SAVE_LUA = """
-local cur = tonumber(redis.call('GET', KEYS[1]) or '-1')
-local new = tonumber(ARGV[1])
+local MAX_EPOCH = 9007199254740992
+local function bounded(s)
+  if type(s) ~= 'string' or #s > 16 or not string.match(s, '^%d+$') then return nil end
+  local n = tonumber(s)
+  if n > MAX_EPOCH then return nil end
+  return n
+end
+-- Check every argument and key type before anything is written.
+local new = bounded(ARGV[1])
+local n = bounded(ARGV[6])
+if not new then return redis.error_reply('ERR nfsteer save: bad epoch argument') end
+if not n or #ARGV ~= 6 + 2 * n + (#KEYS - 4) then
+  return redis.error_reply('ERR nfsteer save: bad argument count')
+end
+for i = 4, 5 do
+  if not bounded(ARGV[i]) then return redis.error_reply('ERR nfsteer save: bad number') end
+end
+for k = 7 + 2 * n, #ARGV do
+  if not bounded(ARGV[k]) then return redis.error_reply('ERR nfsteer save: bad slot count') end
+end
+local want = {'string', 'string', 'hash', 'hash'}
+local replaced = 0
+for i = 1, 4 do
+  local t = redis.call('TYPE', KEYS[i])['ok']
+  if t ~= 'none' and t ~= want[i] then replaced = 1 end
+end
+local cur = -1
+if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
+  cur = bounded(redis.call('GET', KEYS[1]))
+  if cur == nil then replaced = 1; cur = -1 end
+end
 if cur > new then return cur end
+-- The controller's own keys: one of another type or with a garbage epoch is replaced.
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[4], 'kind', ARGV[3], 'n_slots', ARGV[4], 'basis', ARGV[5])
-redis.call('DEL', KEYS[3])
-local n = tonumber(ARGV[6])
 for i = 0, n - 1 do
   redis.call('HSET', KEYS[3], ARGV[7 + 2 * i], ARGV[8 + 2 * i])
 end
 local base = 7 + 2 * n
 for k = 5, #KEYS do
-  if redis.call('EXISTS', KEYS[k]) == 1 then
+  -- An NF's registration: written into only when it is a hash.
+  if redis.call('TYPE', KEYS[k])['ok'] == 'hash' then
     redis.call('HSET', KEYS[k], 'slots', ARGV[base + k - 5], 'epoch', ARGV[1])
   end
 end
-return -1
+return -1 - replaced
 """
 
 
 _RETIRE_LUA = """
-if redis.call('EXISTS', KEYS[1]) == 1 then
+if redis.call('TYPE', KEYS[1])['ok'] == 'hash' then
   redis.call('HSET', KEYS[1], 'state', 'draining')
   return 1
 end
@@ -170,6 +228,10 @@ class Store:
         self._retire = client.register_script(_RETIRE_LUA)
         self._up: bool | None = None  # unknown until the first command
         self._lock = threading.Lock()
+        # Records read back from Redis that failed validation: (pool, key) -> count.
+        # Each distinct bad value is logged once.
+        self.rejected: dict[tuple[str, str], int] = {}
+        self._reported: set[tuple[str, str, str]] = set()
 
     @classmethod
     def from_url(cls, url: str) -> Store:
@@ -201,6 +263,20 @@ class Store:
             raise StoreUnavailable(str(e)) from None
         self._mark(True)
         return result
+
+    def reject(self, pool: str, key: str, problem: str) -> None:
+        """Count a record that failed validation (by pool and kind of key: ``inst:fw1``
+        counts as ``inst``); log each distinct problem once."""
+        kind = key.split(":", 1)[0]
+        with self._lock:
+            self.rejected[(pool, kind)] = self.rejected.get((pool, kind), 0) + 1
+            first = (pool, key, problem) not in self._reported
+            if first:
+                if len(self._reported) > 10_000:
+                    self._reported.clear()
+                self._reported.add((pool, key, problem))
+        if first:
+            log.warning("pool %s: ignoring %s in redis: %s", pool, key, problem)
 
     def ping(self) -> bool:
         try:
@@ -236,15 +312,21 @@ class Store:
 
         def run(r: redis.Redis) -> int:
             stored = int(self._save(keys=key_list, args=argv, client=r))
-            r.sadd(keys.POOLS, snap.name)  # another cluster slot: not part of the script
+            try:
+                r.sadd(keys.POOLS, snap.name)  # another cluster slot: not part of the script
+            except redis.ResponseError as e:  # not a set: only informational, left alone
+                self.reject(snap.name, "pools", f"wrong type ({short(str(e))})")
             return stored
 
         stored = self.call(run)
+        if stored == -2:
+            log.warning("pool %s: replaced malformed saved state in redis", snap.name)
         return None if stored < 0 else stored
 
     def load_pool(self, pool: str) -> PoolSnapshot | None:
-        """Read a saved pool; None if nothing (complete) is saved. Raises ValueError when
-        the saved data is malformed."""
+        """Read a saved pool; None if nothing (complete and valid) is saved. Every value is
+        checked: a bad instance record is counted, logged once and left out; a bad epoch,
+        assignment or meta leaves the whole pool out (the topology file wins)."""
 
         def run(r: redis.Redis) -> list[Any]:
             p = r.pipeline(transaction=True)  # one consistent read
@@ -252,63 +334,142 @@ class Store:
             p.get(keys.assignment(pool))
             p.hgetall(instances_key(pool))
             p.hgetall(keys.pool_meta(pool))
-            return p.execute()
+            return p.execute(raise_on_error=False)
 
-        epoch, assignment, records, meta = self.call(run)
-        if epoch is None or assignment is None or not meta:
+        epoch_raw, assignment, records, meta = self.call(run)
+        for key, value in (("epoch", epoch_raw), ("assignment", assignment)):
+            if isinstance(value, Exception):
+                self.reject(pool, key, f"wrong type ({short(str(value))})")
+                return None
+        for key, value in (("instances", records), ("meta", meta)):
+            if isinstance(value, Exception):
+                self.reject(pool, key, f"wrong type ({short(str(value))})")
+                records = {} if key == "instances" else records
+                if key == "meta":
+                    return None
+        if epoch_raw is None or assignment is None or not meta:
+            return None
+        try:
+            epoch = parse_epoch(epoch_raw)
+        except ValueError as e:
+            self.reject(pool, "epoch", str(e))
             return None
         try:
             owners = json.loads(assignment)
-            if not isinstance(owners, list) or not all(
-                o is None or isinstance(o, str) for o in owners
-            ):
-                raise ValueError("assignment is not a list of names")
-            instances: dict[str, InstanceInfo] = {}
-            sources: dict[str, str] = {}
-            for name, text in records.items():
-                instances[name], sources[name] = instance_from_json(text)
-            return PoolSnapshot(
-                name=pool,
-                kind=meta.get("kind", ""),
-                n_slots=int(meta["n_slots"]),
-                basis=int(meta.get("basis", 0)),
-                epoch=int(epoch),
-                assignment=owners,
-                instances=instances,
-                sources=sources,
-            )
-        except (ValueError, KeyError, json.JSONDecodeError) as e:
-            raise ValueError(f"saved state of pool {pool!r} is malformed: {e}") from None
+        except ValueError:
+            owners = None
+        if not isinstance(owners, list) or not all(o is None or is_name(o) for o in owners):
+            self.reject(pool, "assignment", "not a JSON list of instance names")
+            return None
+        try:
+            kind, n_slots = meta["kind"], int(meta["n_slots"])
+            basis = int(meta.get("basis", "0"))
+        except (KeyError, ValueError):
+            self.reject(pool, "meta", f"malformed: {short(meta, 80)}")
+            return None
+        instances: dict[str, InstanceInfo] = {}
+        sources: dict[str, str] = {}
+        for name, text in records.items():
+            try:
+                info, source = instance_from_json(text)
+                if info.name != name or info.pool != pool:
+                    raise ValueError(f"record of {info.pool}/{info.name} under {short(name)}")
+            except ValueError as e:
+                self.reject(pool, "instances", f"{short(name)}: {e}")
+                continue
+            instances[name], sources[name] = info, source
+        return PoolSnapshot(
+            name=pool,
+            kind=kind,
+            n_slots=n_slots,
+            basis=basis,
+            epoch=epoch,
+            assignment=owners,
+            instances=instances,
+            sources=sources,
+        )
 
     def stored_epoch(self, pool: str) -> int | None:
-        value = self.call(lambda r: r.get(keys.epoch(pool)))
-        return None if value is None else int(value)
+        """The saved epoch; None when there is none or it is malformed (counted)."""
+
+        def run(r: redis.Redis) -> Any:
+            p = r.pipeline(transaction=False)
+            p.get(keys.epoch(pool))
+            return p.execute(raise_on_error=False)[0]
+
+        value = self.call(run)
+        if value is None:
+            return None
+        if isinstance(value, Exception):
+            self.reject(pool, "epoch", "wrong type")
+            return None
+        try:
+            return parse_epoch(value)
+        except ValueError as e:
+            self.reject(pool, "epoch", str(e))
+            return None
 
     # --- the registration contract (controller side) -----------------------------------
 
-    def members(self, pools: Iterable[str]) -> dict[str, dict[str, dict[str, str]]]:
+    def members(
+        self, pools: Iterable[str]
+    ) -> tuple[dict[str, dict[str, dict[str, str]]], set[Member]]:
         """Registered instances: pool -> name -> registration hash (one round trip per
-        pool set: SMEMBERS for all pools, then HGETALL for every member)."""
+        pool set: SMEMBERS for all pools, then HGETALL for every member), and the members
+        whose registration is unreadable (not a hash, not text: counted, logged once and
+        left for the caller to skip). A bad entry never hides the others."""
         pools = list(pools)
+        bad: set[Member] = set()
 
         def run(r: redis.Redis) -> dict[str, dict[str, dict[str, str]]]:
             p = r.pipeline(transaction=False)
             for pool in pools:
                 p.smembers(keys.members(pool))
-            names = [sorted(m) for m in p.execute()]
+            names: list[list[str]] = []
+            for pool, found in zip(pools, p.execute(raise_on_error=False), strict=True):
+                if isinstance(found, Exception):
+                    self.reject(pool, "members", f"wrong type ({short(str(found))})")
+                    found = set()
+                valid = []
+                for n in sorted(found):
+                    if is_name(n):
+                        valid.append(n)
+                    else:
+                        self.reject(pool, "members", f"{short(n)} is not an instance name")
+                names.append(valid)
             p = r.pipeline(transaction=False)
             for pool, ns in zip(pools, names, strict=True):
                 for n in ns:
                     p.hgetall(keys.instance(pool, n))
-            hashes = iter(p.execute())
-            return {
-                pool: {n: next(hashes) for n in ns} for pool, ns in zip(pools, names, strict=True)
-            }
+            hashes = iter(p.execute(raise_on_error=False))
+            out: dict[str, dict[str, dict[str, str]]] = {}
+            for pool, ns in zip(pools, names, strict=True):
+                out[pool] = {}
+                for n in ns:
+                    reg = next(hashes)
+                    if isinstance(reg, Exception):
+                        self.reject(pool, f"inst:{n}", f"wrong type ({short(str(reg))})")
+                        bad.add((pool, n))
+                        continue
+                    out[pool][n] = reg
+            return out
 
-        return self.call(run)
+        return self.call(run), bad
 
-    def registration(self, pool: str, name: str) -> dict[str, str]:
-        return self.call(lambda r: r.hgetall(keys.instance(pool, name)))
+    def registration(self, pool: str, name: str) -> dict[str, str] | None:
+        """The registration hash ({} when there is none); None when the key holds
+        something else (counted and logged once)."""
+
+        def run(r: redis.Redis) -> Any:
+            p = r.pipeline(transaction=False)
+            p.hgetall(keys.instance(pool, name))
+            return p.execute(raise_on_error=False)[0]
+
+        reg = self.call(run)
+        if isinstance(reg, Exception):
+            self.reject(pool, f"inst:{name}", f"wrong type ({short(str(reg))})")
+            return None
+        return reg
 
     def heartbeats(self, members: Iterable[tuple[str, str]]) -> dict[tuple[str, str], Any]:
         """(value, remaining TTL in ms) of every member's heartbeat key, in one pipeline.
@@ -322,10 +483,18 @@ class Store:
             for pool, name in members:
                 p.get(keys.heartbeat(pool, name))
                 p.pttl(keys.heartbeat(pool, name))
-            return p.execute()
+            return p.execute(raise_on_error=False)
 
         out = self.call(run)
-        return {m: (out[2 * i], out[2 * i + 1]) for i, m in enumerate(members)}
+        beats: dict[tuple[str, str], Any] = {}
+        for i, m in enumerate(members):
+            value, pttl = out[2 * i], out[2 * i + 1]
+            if isinstance(value, Exception) or isinstance(pttl, Exception):
+                # Not a string key: no valid heartbeat (an NF's next beat replaces it).
+                self.reject(m[0], f"hb:{m[1]}", "wrong type")
+                value, pttl = None, -2
+            beats[m] = (value, pttl)
+        return beats
 
     def restore_registrations(self, regs: Mapping[tuple[str, str], Mapping[str, str]]) -> int:
         """Write back registrations that Redis lost (it restarted empty); an NF's own newer
@@ -343,7 +512,11 @@ class Store:
             for (pool, name), fields in missing:
                 p.hset(keys.instance(pool, name), mapping=fields)
                 p.sadd(keys.members(pool), name)
-            p.execute()
+            for (pool, _), result in zip(
+                missing, p.execute(raise_on_error=False)[1::2], strict=True
+            ):
+                if isinstance(result, Exception):
+                    self.reject(pool, "members", f"wrong type ({short(str(result))})")
             return len(missing)
 
         return self.call(run)

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 
 import networkx as nx
 
-from controller.config import Topology
+from contract.topology import Topology
 
 PortRef = tuple[str, int]  # (switch, port)
 

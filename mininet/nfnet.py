@@ -71,7 +71,7 @@ def _make_project_importable() -> None:
     # `mn --custom` runs this file under Debian's /usr/bin/python3, which lacks the project's
     # dependencies: add the venv's site-packages (its .pth files make the project importable).
     try:
-        import controller.config  # noqa: F401
+        import contract.topology  # noqa: F401
     except ImportError:
         for sp in sorted((REPO / ".venv" / "lib").glob("python3*/site-packages")):
             site.addsitedir(str(sp))
@@ -87,7 +87,7 @@ from mininet.net import Mininet  # noqa: E402
 from mininet.node import Host, OVSSwitch, RemoteController  # noqa: E402
 from mininet.topo import Topo  # noqa: E402
 
-from controller.config import Topology, load_topology  # noqa: E402
+from contract.topology import Topology, load_topology  # noqa: E402
 
 
 class NfHost(Host):
@@ -301,11 +301,15 @@ class Emulation:
     def start_controller(self) -> None:
         log = open(self.workdir / "controller.out", "ab")  # noqa: SIM115 - owned by the process
         cmd = [str(self.python), "-m", "controller.cli", "controller"]
-        cmd += ["--topology", str(self.topology_path), "--redis", self.redis_url]
+        cmd += ["--topology", str(self.topology_path)]
         cmd += ["--listen", f"127.0.0.1:{self.of_port}", "--api", f"127.0.0.1:{self.api_port}"]
         cmd += ["--heartbeat-ttl-ms", str(self.heartbeat_ttl_ms)]
         cmd += ["--log-level", self.controller_log_level]
-        self.controller_proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO)
+        # The Redis URL carries the password: in the environment, not on the command line.
+        env = {**os.environ, "NFSTEER_REDIS": self.redis_url}
+        self.controller_proc = subprocess.Popen(
+            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
+        )
         log.close()
         try:
             _wait_port("127.0.0.1", self.of_port, 30, self.controller_proc)
@@ -420,7 +424,7 @@ class Emulation:
         cap = inst.capacity if capacity is None else capacity
         cmd = [str(self.python), "-m", "controller.cli", "nf", "--kind", pool.kind]
         cmd += ["--interface", f"{name}-eth0", "--pool", pname, "--name", name]
-        cmd += ["--capacity", f"{cap:g}", "--redis", self.nf_redis_url, "--state", state]
+        cmd += ["--capacity", f"{cap:g}", "--state", state]
         cmd += [
             "--config",
             str(self.topology_path),
@@ -428,7 +432,9 @@ class Emulation:
             str(self.heartbeat_ttl_ms),
         ]
         log = self.workdir / f"{name}.out"
-        proc = self.popen(name, cmd, log)
+        # The Redis URL carries the password: in the environment, not on the command line.
+        env = {**os.environ, "NFSTEER_REDIS": self.nf_redis_url}
+        proc = self.popen(name, cmd, log, env=env)
         nf = NFProcess(name, pname, pool.kind, state, cap, proc, time.time(), log)
         self.nfs[name] = nf
         return nf
@@ -533,7 +539,7 @@ def main(argv: list[str] | None = None) -> int:
     if os.geteuid() != 0:
         print("nfnet: must run as root (Mininet and Open vSwitch need it)", file=sys.stderr)
         return 2
-    from controller.config import ConfigError
+    from contract.topology import ConfigError
 
     try:
         emu = Emulation(Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import argparse
 import os
 
-from controller import keys
+from contract import keys
+from contract.secrets import add_redis_url_arguments
 
 KINDS = ("firewall", "nat", "lb")
 
@@ -19,14 +20,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     p.add_argument(
         "--capacity",
-        type=float,
         help="relative capacity (default: the topology's value for this instance, else 1)",
     )
-    p.add_argument(
-        "--redis",
-        metavar="URL",
-        default=os.environ.get("NFSTEER_REDIS") or None,  # keeps a password off the command line
-        help="redis://[:password@]host:port/db, or redis+cluster://[:password@]host:port "
+    add_redis_url_arguments(
+        p,
+        "redis://[:password@]host:port/db, or redis+cluster://[:password@]host:port "
         "(any node of a Redis Cluster); default $NFSTEER_REDIS",
     )
     p.add_argument(
@@ -79,23 +77,32 @@ def default_name(interface: str) -> str:
 
 def run(args: argparse.Namespace) -> int:
     import logging
-    import os
 
-    from controller import logs
-    from controller.cli import UsageError
-    from controller.config import NAME_RE, load_topology
-    from nf.config import settings_for_kind
+    from contract import logs
+    from contract.errors import UsageError
+    from contract.nf_settings import settings_for_kind
+    from contract.secrets import redis_url
+    from contract.topology import load_topology
+    from contract.values import is_name, parse_capacity
     from nf.heartbeat import Heartbeat, default_interval_ms, interval_error
 
     name = args.name or default_name(args.interface)
-    if not NAME_RE.match(name):
-        raise UsageError(f"instance name {name!r} is not valid (letters, digits, _ and -)")
+    if not is_name(name):
+        raise UsageError(
+            f"instance name {name!r} is not valid (a letter, then up to 9 letters, digits, _ -)"
+        )
+    if not is_name(args.pool):
+        raise UsageError(f"pool name {args.pool!r} is not valid")
+    args.redis = redis_url(args)
     if args.state == "redis" and not args.redis:
-        raise UsageError("--state redis needs --redis URL")
+        raise UsageError("--state redis needs --redis URL (or $NFSTEER_REDIS, --redis-url-file)")
     if args.batch < 1 or args.batch > 4096:
         raise UsageError("--batch must be between 1 and 4096")
-    if args.capacity is not None and not 0 < args.capacity <= 1_000_000:
-        raise UsageError("--capacity must be above 0")
+    if args.capacity is not None:
+        try:
+            args.capacity = parse_capacity(args.capacity)
+        except ValueError as e:
+            raise UsageError(f"--capacity: {e}") from None
     hb_error = interval_error(args.heartbeat_ttl_ms, args.heartbeat_interval_ms)
     if hb_error:
         raise UsageError(hb_error)

@@ -16,8 +16,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from typing import Any
 
+from contract.nf_settings import FirewallSettings
 from nf.base import NetworkFunction, Prefixes, ms
-from nf.config import FirewallSettings
 from nf.packet import ACK, FIN, ICMP, ICMP_ECHO_REQUEST, RST, SYN, TCP, UDP, Packet
 from nf.state import Result, Script, local_get, local_set, refresh_ms
 

@@ -14,7 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
-from controller import keys
+from contract import keys
 
 
 def default_interval_ms(ttl_ms: int) -> int:

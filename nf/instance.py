@@ -13,9 +13,9 @@ import threading
 import time
 from typing import Any
 
-from controller import keys
+from contract import keys
+from contract.nf_settings import FirewallSettings, LBSettings, NATSettings, NFSettings
 from nf.base import NetworkFunction
-from nf.config import FirewallSettings, LBSettings, NATSettings, NFSettings
 from nf.registration import Registration
 from nf.runtime import PacketLoop, Processor
 

@@ -24,8 +24,8 @@ from collections.abc import Sequence
 from itertools import accumulate
 from socket import inet_aton
 
+from contract.nf_settings import LBSettings
 from nf.base import NetworkFunction, ms
-from nf.config import LBSettings
 from nf.packet import ACK, ICMP, SYN, TCP, UDP, Packet, rewrite
 from nf.state import Result, Script, local_expire, local_get, local_set, refresh_ms
 

@@ -31,8 +31,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 from socket import inet_aton
 
+from contract.nf_settings import NATSettings
 from nf.base import NetworkFunction, Prefixes, ms
-from nf.config import NATSettings
 from nf.packet import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_NAMES, Packet, rewrite
 from nf.state import Result, Script, refresh_ms
 

@@ -1,4 +1,4 @@
-"""An NF instance's side of the registration contract in ``controller/keys.py``: register,
+"""An NF instance's side of the registration contract in ``contract/keys.py``: register,
 heartbeat, change capacity, drain and deregister. Key names come from there only."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass
 from typing import Any
 
-from controller import keys
+from contract import keys
 
 log = logging.getLogger("nfsteer.nf")
 

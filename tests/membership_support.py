@@ -1,5 +1,5 @@
 """Shared parts of the membership tests: an NF side that follows the registration contract
-of ``controller/keys.py`` with plain redis-py calls, a real controller in this process, a
+of ``contract/keys.py`` with plain redis-py calls, a real controller in this process, a
 userspace OVS bridge with veth ports, and a TCP proxy that can cut the controller off Redis.
 """
 
@@ -19,7 +19,7 @@ from typing import Any
 import redis
 import yaml
 
-from controller import keys
+from contract import keys
 from controller.options import Options
 
 SWITCH = "s1"

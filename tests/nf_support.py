@@ -20,7 +20,7 @@ from scapy.layers.inet import ICMP, IP, TCP, UDP
 from scapy.layers.l2 import Ether
 from scapy.packet import Raw, raw
 
-from nf.config import settings_for_kind
+from contract.nf_settings import settings_for_kind
 from nf.instance import build_nf
 from nf.runtime import Processor
 from nf.state import LocalStore, redis_client, redis_store

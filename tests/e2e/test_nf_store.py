@@ -9,8 +9,8 @@ import redis
 from conftest import REPO
 from nf_support import echo, one, processor, tcp, udp
 
-from controller.config import load_topology
-from nf.config import settings_for_kind
+from contract.nf_settings import settings_for_kind
+from contract.topology import load_topology
 
 C, S = "10.0.0.1", "10.0.0.129"
 
@@ -107,7 +107,7 @@ def test_bad_settings_are_one_clear_error(kind, data, message):
 
 
 def test_capacity_change_follows_the_contract(redis_server):
-    from controller import keys
+    from contract import keys
     from nf.registration import Identity, Registration
 
     r = redis.Redis.from_url(redis_server.url, decode_responses=True)

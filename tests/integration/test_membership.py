@@ -22,7 +22,7 @@ from membership_support import (
     write_topology,
 )
 
-from controller import keys
+from contract import keys
 from controller.membership import Liveness
 from controller.store import Store, instances_key
 

@@ -15,7 +15,7 @@ import redis
 from conftest import require, unique_name
 from nf_support import FW, NFSTEER, NFProcess, tcp, veth_pair, write_topology
 
-from controller import keys
+from contract import keys
 
 TTL_MS = 300
 LOAD_S = 3.0

@@ -29,7 +29,7 @@ from scapy.layers.inet import IP, TCP
 from scapy.layers.l2 import ARP, Ether
 from scapy.packet import raw
 
-from controller import keys
+from contract import keys
 
 C, S = "10.0.0.1", "10.0.0.129"
 

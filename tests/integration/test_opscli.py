@@ -126,3 +126,21 @@ def test_lookup_cli_agrees_online_and_offline(running, tmp_path):
     a, b = json.loads(online.stdout), json.loads(offline.stdout)
     assert (a["instance"], a["slot"]) == (b["instance"], b["slot"])
     assert a["epoch"] == 1
+
+
+def test_token_from_the_environment_or_a_file(running, capsys, monkeypatch, tmp_path):
+    app, url = running
+    monkeypatch.delenv("NFSTEER_API_TOKEN", raising=False)
+    code, _, err = cli(capsys, "instance", "capacity", STATIC_POOL, "lb1", "2", "--api", url)
+    assert code == 1 and "401" in err
+    monkeypatch.setenv("NFSTEER_API_TOKEN", TOKEN)
+    code, _, _ = cli(capsys, "instance", "capacity", STATIC_POOL, "lb1", "2", "--api", url)
+    assert code == 0 and app.steering.pools[STATIC_POOL].instances["lb1"].capacity == 2
+    monkeypatch.delenv("NFSTEER_API_TOKEN")
+    token = tmp_path / "token"
+    token.write_text(TOKEN + "\n")
+    code, _, _ = cli(
+        capsys, "instance", "capacity", STATIC_POOL, "lb1", "3", "--api", url,
+        "--api-token-file", str(token),
+    )  # fmt: skip
+    assert code == 0 and app.steering.pools[STATIC_POOL].instances["lb1"].capacity == 3

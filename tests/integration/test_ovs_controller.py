@@ -27,8 +27,8 @@ import yaml
 from conftest import free_port, unique_name
 from ovs_support import Bridge, Unixctl, trace_outputs, wait_for
 
+from contract.topology import load_topology
 from controller import flows as fl
-from controller.config import load_topology
 from controller.hashing import FiveTuple
 from controller.launcher import start_in_thread
 from controller.options import Options

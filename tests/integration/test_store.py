@@ -12,8 +12,8 @@ from conftest import RedisServer, require
 from membership_support import POOL, write_topology
 from redis.crc import key_slot
 
-from controller import keys
-from controller.config import load_topology
+from contract import keys
+from contract.topology import load_topology
 from controller.state import InstanceInfo, InstanceState, Steering
 from controller.store import PoolSnapshot, Store, StoreUnavailable, connect, instances_key
 
@@ -104,16 +104,17 @@ def test_slot_counts_go_into_existing_registrations_only(redis_server, steering)
     store.close()
 
 
-def test_malformed_saved_state_is_reported(redis_server, steering):
+def test_malformed_saved_state_is_counted_and_ignored(redis_server, steering):
     store = Store.from_url(redis_server.url)
     store.save_pool(PoolSnapshot.of(steering.pools[POOL]))
     store.client.set(keys.assignment(POOL), "{not json")
-    with pytest.raises(ValueError, match="malformed"):
-        store.load_pool(POOL)
+    assert store.load_pool(POOL) is None
+    assert store.rejected == {(POOL, "assignment"): 1}
     store.client.set(keys.assignment(POOL), "[]")
     store.client.hset(instances_key(POOL), "fw1", '{"name": "fw1"}')
-    with pytest.raises(ValueError, match="malformed"):
-        store.load_pool(POOL)
+    loaded = store.load_pool(POOL)
+    assert loaded is not None and "fw1" not in loaded.instances and "fw2" in loaded.instances
+    assert store.rejected[(POOL, "instances")] == 1
     assert store.load_pool("nope") is None
     store.close()
 

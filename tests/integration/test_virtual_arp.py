@@ -16,9 +16,9 @@ from fakeofp import Packet, program, reprogram
 from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 from ovs_support import Bridge, Unixctl, trace_outputs, vsctl, wait_for
 
+from contract.topology import load_topology, parse_topology, virtual_mac
 from controller import flows as fl
 from controller import ofmsg
-from controller.config import load_topology, parse_topology, virtual_mac
 from controller.hashing import FiveTuple
 from controller.launcher import start_in_thread
 from controller.options import Options

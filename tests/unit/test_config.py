@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.topology import ConfigError, load_topology, parse_topology
 from controller.cli import main
-from controller.config import ConfigError, load_topology, parse_topology
 from controller.options import Options, OptionsError, parse_hostport
 
 REPO = Path(__file__).resolve().parents[2]
@@ -88,7 +88,7 @@ def _set(data: dict, path: str, value) -> dict:
         ("pools.fw.instances.fw1.capacity", 0, "capacity"),
         ("pools.fw.instances.fw1.capacity", -2, "capacity"),
         ("hosts.c1.port", 0, "hosts.c1.port"),
-        ("hosts.c1.port", 0xFFFFFF00, "hosts.c1.port"),
+        ("hosts.c1.port", 0xFFFFFF01, "hosts.c1.port"),
         ("hosts.c1.mac", "02:00:00:00:00", "not a MAC address"),
         ("hosts.c1.mac", "01:00:5e:00:00:01", "multicast"),
         ("hosts.c1.ip", "10.0.0.1", "prefix length"),
@@ -189,7 +189,7 @@ def test_nfsteer_check_in_process(tmp_path, capsys):
     assert "triangle.yaml: ok (3 switches" in out
     broken = tmp_path / "broken.yaml"
     broken.write_text(yaml.safe_dump(_set(base(), "services.web.pool", "nat")))
-    assert main(["check", str(SINGLE), str(broken)]) == 1
+    assert main(["check", str(SINGLE), str(broken)]) == 2
     captured = capsys.readouterr()
     assert "single.yaml: ok" in captured.out
     assert captured.err.strip() == (
@@ -203,7 +203,7 @@ def test_nfsteer_check_process(tmp_path):
     r = subprocess.run(
         [str(NFSTEER), "check", str(broken)], capture_output=True, text=True, timeout=30
     )
-    assert r.returncode == 1
+    assert r.returncode == 2
     assert r.stderr.strip() == f"{broken}: switches.s1.colour: unknown key"
     assert "Traceback" not in r.stderr
 

@@ -11,9 +11,9 @@ import yaml
 from fakeofp import FakeSwitch, Packet, program, reprogram
 from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 
+from contract.topology import load_topology, parse_topology
 from controller import flows as fl
 from controller import ofmsg
-from controller.config import load_topology, parse_topology
 from controller.hashing import FiveTuple
 from controller.state import InstanceState, Steering
 from controller.switchsync import ReadBack

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from controller.config import load_topology, parse_topology
+from contract.topology import load_topology, parse_topology
 from controller.hashing import FiveTuple, slot_of
 from controller.state import (
     InstanceInfo,

@@ -7,10 +7,11 @@ when no packet of it has been seen for that long.
 
 from __future__ import annotations
 
-import ipaddress
 from typing import Annotated, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from contract.values import ipv4, network
 
 Timeout = Annotated[float, Field(gt=0, le=7 * 24 * 3600)]
 
@@ -20,17 +21,11 @@ class _Strict(BaseModel):
 
 
 def _network(value: str) -> str:
-    try:
-        return str(ipaddress.IPv4Network(value, strict=True))
-    except ValueError as e:
-        raise ValueError(f"{value!r} is not an IPv4 prefix like 10.0.0.0/24 ({e})") from None
+    return network(value)
 
 
 def _address(value: str) -> str:
-    try:
-        return str(ipaddress.IPv4Address(value))
-    except ValueError:
-        raise ValueError(f"{value!r} is not an IPv4 address like 10.0.0.1") from None
+    return ipv4(value)
 
 
 class _NFCommon(_Strict):

@@ -5,6 +5,9 @@ controller, runs one NF pool from one instance up to all of them and back while 
 keep long-lived TCP connections and open short ones, kills an instance, takes another's
 link down, and drains back to one. Progress is shown live; a JSON report and a PNG plot go
 to ``reports/`` (or ``--out``). The scenario itself lives in ``mininet/scaleout.py``.
+
+Loaded by path by the ``nfsteer`` command (this folder is not a package: it must not shadow
+Mininet's own ``mininet`` package).
 """
 
 from __future__ import annotations
@@ -20,8 +23,8 @@ import time
 from pathlib import Path
 from types import ModuleType
 
-REPO = Path(__file__).resolve().parents[1]
-MININET_DIR = REPO / "mininet"
+MININET_DIR = Path(__file__).resolve().parent
+REPO = MININET_DIR.parent
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
@@ -85,7 +88,7 @@ def prerequisites(topology_path: str) -> list[str]:
     for script in ("nfnet.py", "nftraffic.py", "scaleout.py"):
         if not (MININET_DIR / script).is_file():
             missing.append(f"{MININET_DIR / script}: missing")
-    from controller.config import load_topology  # ConfigError reaches the CLI as one line
+    from contract.topology import load_topology  # ConfigError reaches the CLI as one line
 
     topo = load_topology(topology_path)
     roles = [h.role for h in topo.hosts.values()]
@@ -121,7 +124,7 @@ def _interrupt(_sig: int, _frame: object) -> None:
 def run(args: argparse.Namespace) -> int:
     missing = prerequisites(args.topology)
     if not missing and args.pool is not None:
-        from controller.config import load_topology
+        from contract.topology import load_topology
 
         pools = load_topology(args.topology).pools
         if args.pool not in pools or len(pools[args.pool].instances) < 3:
