@@ -76,3 +76,8 @@ def assignment(pool: str) -> str:
 
 def epoch(pool: str) -> str:
     return f"{_tag(pool)}:epoch"
+
+
+def fence(pool: str) -> str:
+    """The term of the leader that last wrote the pool's state (a fencing token)."""
+    return f"{_tag(pool)}:term"

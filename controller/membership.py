@@ -39,7 +39,7 @@ from contract.records import parse_registration_record
 from contract.values import is_name, short
 from controller.membership_rules import Action, Decision, decide
 from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
-from controller.store import PoolSnapshot, Store, StoreUnavailable
+from controller.store import Fenced, PoolSnapshot, Store, StoreUnavailable
 
 log = logging.getLogger("nfsteer.membership")
 
@@ -366,9 +366,13 @@ class Membership:
         with self._lock:
             for pool in {c.pool for c in changes}:
                 ps = steering.pools[pool]
-                self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
+                self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool), self._term())
                 self._transitions(pool, ps.instances, reason, now)
         self._wake.set()
+
+    def _term(self) -> int:
+        lease = getattr(self.app, "lease", None)
+        return 0 if lease is None else lease.term
 
     def _sources_of(self, pool: str) -> dict[str, str]:
         return {n: s for (p, n), s in self.sources.items() if p == pool}
@@ -421,7 +425,7 @@ class Membership:
         def snapshot() -> None:
             with self._lock:
                 for pool, ps in self.app.steering.pools.items():
-                    self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool))
+                    self._dirty[pool] = PoolSnapshot.of(ps, self._sources_of(pool), self._term())
 
         self.app.call(snapshot)
         self._wake.set()
@@ -665,8 +669,12 @@ class Membership:
     def _flush(self) -> None:
         with self._lock:
             dirty, self._dirty = self._dirty, {}
+        term = self._term()
         try:
             for pool, snap in list(dirty.items()):
+                if snap.term != term:  # taken under another term: not ours to write
+                    del dirty[pool]
+                    continue
                 newer = self.store.save_pool(snap)
                 self._saved.add(pool)
                 if newer is not None and newer > snap.epoch:
@@ -678,6 +686,15 @@ class Membership:
                     )
                     self._bump_epoch(pool, newer + 1)
                 del dirty[pool]
+        except Fenced as e:
+            # A newer leader wrote this pool: we are stale. Nothing of ours is written.
+            dirty.clear()
+            why = f"the store refused a save: {e}"
+            self.app.call(lambda: self.app.step_down(why))
+            lease = getattr(self.app, "lease", None)
+            if lease is not None:
+                lease.raise_floor(e.term)
+            return
         except Exception as e:
             with self._lock:
                 self._save_error = str(e) or type(e).__name__

@@ -53,6 +53,15 @@ T = TypeVar("T")
 Member = tuple[str, str]
 
 
+class Fenced(Exception):
+    """A save refused: a newer leader's term has written the pool since."""
+
+    def __init__(self, pool: str, term: int):
+        super().__init__(f"pool {pool}: written under term {term}, newer than ours")
+        self.pool = pool
+        self.term = term
+
+
 class StoreUnavailable(Exception):
     """Redis could not be reached (after the client's retries)."""
 
@@ -93,9 +102,12 @@ class PoolSnapshot:
     assignment: list[str | None]
     instances: dict[str, InstanceInfo]
     sources: dict[str, str] = field(default_factory=dict)
+    term: int = 0  # the leader's term it was taken under (its saves are fenced by it)
 
     @classmethod
-    def of(cls, pool: PoolState, sources: Mapping[str, str] | None = None) -> PoolSnapshot:
+    def of(
+        cls, pool: PoolState, sources: Mapping[str, str] | None = None, term: int = 0
+    ) -> PoolSnapshot:
         return cls(
             name=pool.name,
             kind=pool.kind,
@@ -105,6 +117,7 @@ class PoolSnapshot:
             assignment=list(pool.assignment),
             instances={n: dataclasses.replace(i) for n, i in pool.instances.items()},
             sources=dict(sources or {}),
+            term=term,
         )
 
     def slot_counts(self) -> dict[str, int]:
@@ -166,6 +179,15 @@ local function bounded(s)
   if n > MAX_EPOCH then return nil end
   return n
 end
+-- The writer's term (the fencing token of the leader's lease) against the pool's fence:
+-- a controller that lost the lead to a newer term can no longer write.
+local fence_key = table.remove(KEYS, 5)
+local term = bounded(table.remove(ARGV, 1))
+if not term then return redis.error_reply('ERR nfsteer save: bad term argument') end
+local fence_type = redis.call('TYPE', fence_key)['ok']
+local fence = 0
+if fence_type == 'string' then fence = bounded(redis.call('GET', fence_key)) or 0 end
+if term < fence then return redis.error_reply('FENCED ' .. fence) end
 -- Check every argument and key type before anything is written.
 local new = bounded(ARGV[1])
 local n = bounded(ARGV[6])
@@ -192,7 +214,8 @@ if redis.call('TYPE', KEYS[1])['ok'] == 'string' then
 end
 if cur > new then return cur end
 -- The controller's own keys: one of another type or with a garbage epoch is replaced.
-redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4])
+redis.call('DEL', KEYS[1], KEYS[2], KEYS[3], KEYS[4], fence_key)
+redis.call('SET', fence_key, term)
 redis.call('SET', KEYS[1], ARGV[1])
 redis.call('SET', KEYS[2], ARGV[2])
 redis.call('HSET', KEYS[4], 'kind', ARGV[3], 'n_slots', ARGV[4], 'basis', ARGV[5])
@@ -287,11 +310,13 @@ class Store:
     # --- controller state -------------------------------------------------------------
 
     def save_pool(self, snap: PoolSnapshot) -> int | None:
-        """Save a pool atomically. Returns None when written, or the newer stored epoch."""
+        """Save a pool atomically. Returns None when written, or the newer stored epoch;
+        raises :class:`Fenced` when a newer term has written the pool since."""
         counts = snap.slot_counts()
         names = sorted(snap.instances)
         inst_keys = [keys.instance(snap.name, n) for n in names]
         argv: list[Any] = [
+            snap.term,
             snap.epoch,
             json.dumps(snap.assignment, separators=(",", ":")),
             snap.kind,
@@ -307,11 +332,17 @@ class Store:
             keys.assignment(snap.name),
             instances_key(snap.name),
             keys.pool_meta(snap.name),
+            keys.fence(snap.name),
             *inst_keys,
         ]
 
         def run(r: redis.Redis) -> int:
-            stored = int(self._save(keys=key_list, args=argv, client=r))
+            try:
+                stored = int(self._save(keys=key_list, args=argv, client=r))
+            except redis.ResponseError as e:
+                if str(e).startswith("FENCED"):
+                    raise Fenced(snap.name, int(str(e).split()[1])) from None
+                raise
             try:
                 r.sadd(keys.POOLS, snap.name)  # another cluster slot: not part of the script
             except redis.ResponseError as e:  # not a set: only informational, left alone

@@ -19,6 +19,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import yaml
 from conftest import REPO, free_port, unique_name
 from ovs_support import Bridge, vsctl, wait_for
@@ -228,10 +229,20 @@ def test_two_believers_cannot_both_program_a_switch(cluster, bridge, redis_serve
     other = b if leader is a else a
     # The test hook: the other one is told it leads with an older term (as a leader that
     # was partitioned away would believe). The switch refuses it; it steps down.
+    flows = bridge.flows()
+    saved = redis.Redis.from_url(redis_server.url).get("nfsteer:{fw}:assignment")
     r = httpx.post(other.api + "/debug/believe-leader", json={"term_delta": -1}, timeout=5)
     assert r.status_code == 200, r.text
-    wait_for(lambda: other.metric("nfsteer_fenced_total") >= 1, 10, "the switch to fence it")
-    assert other.role() == "standby"
+    # it tries to change something at once, before any switch answered it
+    httpx.put(
+        other.api + "/api/v1/pools/fw/instances/fw2/capacity", json={"capacity": 3}, timeout=10
+    )
+    wait_for(
+        lambda: other.metric("nfsteer_fenced_total") >= 1, 10, "a switch or the store to fence it"
+    )
+    wait_for(lambda: other.role() == "standby", 10, "it to step down")
+    assert bridge.flows() == flows  # no flow-mod of its reached the switch
+    assert redis.Redis.from_url(redis_server.url).get("nfsteer:{fw}:assignment") == saved
     wait_for(lambda: switch_roles(bridge).get(leader.of_port) == "master", 20, "OVS: MASTER")
     assert switch_roles(bridge).get(other.of_port) != "master"
     assert leader.role() == "leader"
@@ -331,3 +342,22 @@ def test_ovs_vswitchd_restart_with_several_controllers(cluster, bridge):
         leader.api + "/api/v1/pools/fw/instances/fw2/capacity", json={"capacity": 2}, timeout=10
     )
     assert r.status_code == 200 and r.json()["confirmed"] is True
+
+
+def test_the_store_refuses_a_save_under_an_older_term(redis_server, topo):
+    from controller.state import Steering
+    from controller.store import Fenced, PoolSnapshot, Store
+
+    store = Store.from_url(redis_server.url)
+    st = Steering(load_topology(topo))
+    newer = PoolSnapshot.of(st.pools["fw"], term=5)
+    assert store.save_pool(newer) is None
+    st.set_capacity("fw", "fw1", 3, 0)
+    stale = PoolSnapshot.of(st.pools["fw"], term=4)
+    with pytest.raises(Fenced) as refused:
+        store.save_pool(stale)
+    assert refused.value.term == 5
+    assert store.load_pool("fw").assignment == newer.assignment  # nothing of it written
+    st.set_capacity("fw", "fw1", 4, 0)
+    assert store.save_pool(PoolSnapshot.of(st.pools["fw"], term=5)) is None  # equal: ok
+    store.close()
