@@ -8,7 +8,8 @@ import logging
 
 import pytest
 
-from controller import cli, logs
+from contract import logs
+from controller import cli
 
 
 @pytest.fixture
