@@ -129,6 +129,14 @@ def _status(args: argparse.Namespace) -> None:
         f"controller {args.api}: {len(switches)} switch(es) connected"
         f"{' (' + ', '.join(switches) + ')' if switches else ''}, redis {health.get('redis')}"
     )
+    rows = [["POOL", *_HEAD]]
+    for pool in pools:
+        detail = _request(args, "GET", f"/api/v1/pools/{pool['name']}")
+        rows += _instance_rows(detail, with_pool=True)
+    print(_table(rows))
+    for pool in pools:
+        if not pool["instances"].get("active"):
+            print(f"pool {pool['name']}: no active instance, its service traffic is dropped")
     if health.get("role") not in (None, "single"):
         print(
             f"role {health['role']} (id {health.get('id')}), term {health.get('term')}, "
@@ -138,14 +146,6 @@ def _status(args: argparse.Namespace) -> None:
         print(f"unhealthy: {problem}")
     for warning in health.get("warnings", []):
         print(f"warning: {warning}")
-    rows = [["POOL", *_HEAD]]
-    for pool in pools:
-        detail = _request(args, "GET", f"/api/v1/pools/{pool['name']}")
-        rows += _instance_rows(detail, with_pool=True)
-    print(_table(rows))
-    for pool in pools:
-        if not pool["instances"].get("active"):
-            print(f"pool {pool['name']}: no active instance, its service traffic is dropped")
 
 
 def run_status(args: argparse.Namespace) -> int:

@@ -53,6 +53,13 @@ T = TypeVar("T")
 Member = tuple[str, str]
 
 
+def _term(raw: Any) -> int:
+    """The term a pool was written under (0 when unknown or malformed)."""
+    if isinstance(raw, str) and raw.isascii() and raw.isdigit() and len(raw) <= 16:
+        return int(raw)
+    return 0
+
+
 class Fenced(Exception):
     """A save refused: a newer leader's term has written the pool since."""
 
@@ -288,13 +295,14 @@ class Store:
         return result
 
     def reject(self, pool: str, key: str, problem: str) -> None:
-        """Count a record that failed validation (by pool and kind of key: ``inst:fw1``
-        counts as ``inst``); log each distinct problem once."""
+        """Count and log a record that failed validation, once for each distinct problem
+        (by pool and kind of key: ``inst:fw1`` counts as ``inst``). A standby reads the
+        state every second: the same bad record is not counted again each time."""
         kind = key.split(":", 1)[0]
         with self._lock:
-            self.rejected[(pool, kind)] = self.rejected.get((pool, kind), 0) + 1
             first = (pool, key, problem) not in self._reported
             if first:
+                self.rejected[(pool, kind)] = self.rejected.get((pool, kind), 0) + 1
                 if len(self._reported) > 10_000:
                     self._reported.clear()
                 self._reported.add((pool, key, problem))
@@ -365,9 +373,10 @@ class Store:
             p.get(keys.assignment(pool))
             p.hgetall(instances_key(pool))
             p.hgetall(keys.pool_meta(pool))
+            p.get(keys.fence(pool))
             return p.execute(raise_on_error=False)
 
-        epoch_raw, assignment, records, meta = self.call(run)
+        epoch_raw, assignment, records, meta, fence_raw = self.call(run)
         for key, value in (("epoch", epoch_raw), ("assignment", assignment)):
             if isinstance(value, Exception):
                 self.reject(pool, key, f"wrong type ({short(str(value))})")
@@ -418,6 +427,7 @@ class Store:
             assignment=owners,
             instances=instances,
             sources=sources,
+            term=_term(fence_raw),
         )
 
     def stored_epoch(self, pool: str) -> int | None:

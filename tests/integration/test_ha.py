@@ -214,8 +214,9 @@ def test_a_paused_leader_changes_nothing_and_rejoins_as_standby(cluster, bridge)
     wait_for(lambda: old.role() == "standby", 10, "the old leader to step down")
     time.sleep(1)
     assert bridge.flows() == after_change  # nothing it had queued reached the switch
-    assert switch_roles(bridge).get(new.of_port) == "master"
-    assert switch_roles(bridge).get(old.of_port) == "slave"
+    # OVS's database shows the roles a few seconds late
+    wait_for(lambda: switch_roles(bridge).get(new.of_port) == "master", 20, "OVS: MASTER")
+    wait_for(lambda: switch_roles(bridge).get(old.of_port) == "slave", 20, "OVS: SLAVE")
     assert new.health()["term"] == store_epoch and new.role() == "leader"
     assert "stepping down" in old.log.read_text()
 

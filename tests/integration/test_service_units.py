@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port, require, unique_name
 
+from contract.secrets import redis_url
 from controller import cli
 
 NFSTEER = REPO / ".venv" / "bin" / "nfsteer"
@@ -203,7 +204,7 @@ def test_nfsteer_command_lines_are_accepted_by_the_parser(root, monkeypatch):
         assert leftover == [], f"{name}: {leftover}"
         assert args.log_format == env.get("NFSTEER_LOG_FORMAT", "text")
         if name.startswith("nfsteer-nf@"):  # the Redis URL comes from the 0600 file
-            assert args.redis == env["NFSTEER_REDIS"] and "--redis" not in argv
+            assert redis_url(args) == env["NFSTEER_REDIS"] and "--redis" not in argv
 
 
 def test_install_refuses_a_missing_nfsteer(tmp_path):
