@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import struct
 import subprocess
 import sys
 import threading
@@ -22,7 +23,7 @@ import httpx
 import pytest
 import yaml
 from conftest import free_port, require, unique_name
-from ofpeer_support import RawPeer, hello, thread_count, wait_threads
+from ofpeer_support import RawPeer, header, hello, thread_count, wait_threads
 from ovs_support import Bridge, vsctl, wait_for
 
 from controller import flows as fl
@@ -206,6 +207,29 @@ def test_accept_loop_survives_a_failing_connection_thread(topology, bridge, cont
     assert "can't start new thread" in caplog.text
     bridge.set_controller(app.options.listen[1])
     assert app.wait_synced("s1", 30)
+    assert_programs_a_change(app, bridge)
+
+
+def test_an_exception_in_one_connection_ends_that_connection_only(
+    topology, bridge, controller, caplog
+):
+    """os-ken's error handler decodes a HELLO_FAILED error's data as ASCII and raises on
+    anything else: the peer that sends one is logged by address and dropped; the bridge,
+    connected before and after, is not disturbed."""
+    caplog.set_level(logging.INFO, logger="nfsteer")
+    app, _ = controller(topology)
+    bridge.set_controller(app.options.listen[1])
+    assert app.wait_synced("s1", 30)
+    real = app.datapaths["s1"]
+    peer = RawPeer(app.options.listen[1])
+    try:
+        body = struct.pack("!HH", 0, 0) + b"\xff\xfe"  # OFPET_HELLO_FAILED, code 0
+        peer.send(header(1, 8 + len(body), 7) + body)
+        assert peer.closed_by_controller(5)
+    finally:
+        peer.close()
+    wait_for(lambda: f"connection from {peer.address} failed" in caplog.text, 5, "the log")
+    assert app.datapaths["s1"] is real and real.is_active
     assert_programs_a_change(app, bridge)
 
 
