@@ -416,7 +416,9 @@ def _handler_class(
                         raise Dropped(f"message length {msg_len} is shorter than a header")
                     if len(buf) - start < msg_len:
                         break
-                    self._handle(version, msg_type, msg_len, xid, bytes(buf[start:][:msg_len]))
+                    self._handle(
+                        version, msg_type, msg_len, xid, bytes(buf[start : start + msg_len])
+                    )
                     start += msg_len
                 del buf[:start]
 
