@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import logging
 import re
+import shutil
 import struct
 import subprocess
 import sys
@@ -272,7 +273,7 @@ def _pki(workdir: Path, *args: str) -> None:
 def pki(tmp_path_factory) -> dict[str, Path]:
     """Two PKIs made by ovs-pki: ours (controller and switch certificates) and a stranger's
     (a switch certificate from another CA)."""
-    require(subprocess.run(["which", "ovs-pki"], capture_output=True).returncode == 0, "ovs-pki")
+    require(shutil.which("ovs-pki") is not None, "ovs-pki")
     ours = tmp_path_factory.mktemp("pki")
     other = tmp_path_factory.mktemp("otherpki")
     _pki(ours, "init")
