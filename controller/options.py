@@ -8,8 +8,9 @@ variable                   meaning                                           def
 =========================  ================================================  ==============
 NFSTEER_TOPOLOGY           topology YAML file (required)                     -
 NFSTEER_REDIS              Redis URL (``redis://[:password@]host:port/db``)  no Redis
-NFSTEER_LISTEN             OpenFlow HOST:PORT (informational: the listener   127.0.0.1:6653
-                           belongs to the AppManager's os-ken CONF)
+NFSTEER_LISTEN             OpenFlow [tcp:|ssl:]HOST:PORT (informational:     127.0.0.1:6653
+                           the listener belongs to the AppManager's os-ken
+                           CONF)
 NFSTEER_API                REST API / metrics HOST:PORT, or ``off``          127.0.0.1:8080
 NFSTEER_API_TOKEN          bearer token the REST API requires for changes    none
                            (required when the API is not on loopback)
