@@ -337,9 +337,15 @@ def _handler_class(
             self.raw_socket: socket.socket = getattr(stream, "raw", stream)
             self.owner = owner
             self.claimed_dpid: int | None = None  # set once its features reply is accepted
-            self.last_rx = time.monotonic()
+            # since when the reader has been waiting for the peer with nothing received;
+            # None while it handles what it read (busy, so the peer is not silent)
+            self.waiting_since: float | None = time.monotonic()
             self.echo_sent: float | None = None
             self.aborted = False
+
+        def silent_since(self, now: float) -> float:
+            waiting = self.waiting_since
+            return now if waiting is None else waiting
 
         @property
         def peer(self) -> str:
@@ -398,6 +404,8 @@ def _handler_class(
         def _read_messages(self) -> None:
             buf = bytearray()
             while self.state != DEAD_DISPATCHER:
+                if self.waiting_since is None:
+                    self.waiting_since = time.monotonic()
                 try:
                     data = self.socket.recv(READ_SIZE)
                 except TimeoutError:
@@ -407,7 +415,7 @@ def _handler_class(
                     return
                 if not data:
                     return
-                self.last_rx = time.monotonic()
+                self.waiting_since = None
                 buf += data
                 start = 0
                 while len(buf) - start >= OFP_HEADER.size:
@@ -590,12 +598,12 @@ def _handler_class(
                     now = time.monotonic()
                     if held is None or held is dp:
                         break
-                    if not is_alive(timers, now, held.last_rx):
+                    if not is_alive(timers, now, held.silent_since(now)):
                         LOG.warning(
                             "dpid %#x: connection from %s silent for %.1f s: replaced by %s",
                             dpid,
                             _address(held.address),
-                            now - held.last_rx,
+                            now - held.silent_since(now),
                             _address(dp.address),
                         )
                         replaced = held
@@ -642,14 +650,15 @@ def _handler_class(
             for dp in claimed:
                 if dp.aborted:
                     continue
-                verdict = idle_verdict(timers, now, dp.last_rx, dp.echo_sent)
+                silent_since = dp.silent_since(now)
+                verdict = idle_verdict(timers, now, silent_since, dp.echo_sent)
                 if verdict is Verdict.ECHO:
                     dp.send_echo(now)
                 elif verdict is Verdict.CLOSE:
                     LOG.warning(
                         "connection from %s: nothing received for %.1f s: closed",
                         dp.peer,
-                        now - dp.last_rx,
+                        now - silent_since,
                     )
                     dp.abort()
 

@@ -8,6 +8,9 @@ Pure decisions over monotonic times; :mod:`controller.launcher` applies them to 
 - After the handshake a connection that has sent nothing for ``echo_interval_s`` gets an echo
   request, and another every ``echo_interval_s`` while it stays silent; one that has sent
   nothing (no echo reply, no message at all) for ``echo_misses`` intervals is dead and closed.
+  Silence is time spent waiting for the peer: while the controller is still busy with what
+  the peer sent (e.g. a backlog of events for the app), the peer is not silent, so a slow
+  controller never takes its own backlog for a dead switch.
 - A connection claiming the dpid of a live connection is refused: the live one stays in
   charge. A dead one (silent past the limit) is replaced. A newcomer waits up to
   ``CLAIM_GRACE_S`` for the current owner to go away first: a switch that reconnects may open
@@ -72,20 +75,20 @@ def handshake_verdict(timers: LinkTimers, now: float, accepted_at: float) -> Ver
 
 
 def idle_verdict(
-    timers: LinkTimers, now: float, last_rx: float, echo_sent: float | None
+    timers: LinkTimers, now: float, silent_since: float, echo_sent: float | None
 ) -> Verdict:
-    """A connection past its handshake that last sent something at ``last_rx`` and was last
-    sent an echo request at ``echo_sent``."""
-    idle = now - last_rx
+    """A connection past its handshake whose peer has sent nothing since ``silent_since``
+    and that was last sent an echo request at ``echo_sent``."""
+    idle = now - silent_since
     if idle >= timers.dead_after_s:
         return Verdict.CLOSE
     if idle < timers.echo_interval_s:
         return Verdict.OK
-    if echo_sent is None or echo_sent < last_rx or now - echo_sent >= timers.echo_interval_s:
+    if echo_sent is None or echo_sent < silent_since or now - echo_sent >= timers.echo_interval_s:
         return Verdict.ECHO
     return Verdict.OK
 
 
-def is_alive(timers: LinkTimers, now: float, last_rx: float) -> bool:
+def is_alive(timers: LinkTimers, now: float, silent_since: float) -> bool:
     """Whether a connection that owns a dpid still does (a newcomer for it is refused)."""
-    return now - last_rx < timers.dead_after_s
+    return now - silent_since < timers.dead_after_s

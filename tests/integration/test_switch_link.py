@@ -42,7 +42,7 @@ SINGLE = REPO / "topologies" / "single.yaml"
 SINGLE_PORTS = [1, 2, 3, 4, 5, 11, 12, 13, 14]
 NFSTEER = Path(sys.executable).parent / "nfsteer"
 COOKIE = re.compile(r"cookie=(0x[0-9a-f]+)")
-FAST = LinkTimers(handshake_s=1.0, echo_interval_s=0.3, echo_misses=3, max_pending=64)
+FAST = LinkTimers(handshake_s=1.0, echo_interval_s=0.4, echo_misses=3, max_pending=64)
 
 
 @pytest.fixture
@@ -177,6 +177,35 @@ def test_a_switch_that_answers_echoes_stays(topology, bridge, controller):
     dp = app.datapaths["s1"]
     time.sleep(FAST.dead_after_s * 3)
     assert app.datapaths["s1"] is dp and dp.echo_sent is not None
+    assert_programs_a_change(app, bridge)
+
+
+def test_a_busy_controller_does_not_take_its_backlog_for_a_dead_switch(
+    topology, bridge, controller
+):
+    """The reader of a switch's connection stalls handing an event to the app (as behind a
+    full event queue) for three times the dead limit: the switch is not silent, it is kept."""
+    app, _ = controller(topology, switch_link=FAST)
+    bridge.set_controller(app.options.listen[1])
+    assert app.wait_synced("s1", 30)
+    dp = app.datapaths["s1"]
+    brick = dp.ofp_brick
+    forward = brick.send_event_to_observers
+    stalled = threading.Event()
+
+    def slow(ev, state=None):
+        if getattr(getattr(ev, "msg", None), "datapath", None) is dp and not stalled.is_set():
+            stalled.set()
+            time.sleep(FAST.dead_after_s * 3)
+        return forward(ev, state)
+
+    brick.send_event_to_observers = slow
+    try:
+        wait_for(stalled.is_set, 10, "an event from the switch")  # port stats every 2 s
+        time.sleep(FAST.dead_after_s * 3 + 0.5)
+    finally:
+        del brick.send_event_to_observers
+    assert app.datapaths["s1"] is dp and dp.is_active
     assert_programs_a_change(app, bridge)
 
 

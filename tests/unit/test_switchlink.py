@@ -21,7 +21,7 @@ T = LinkTimers(handshake_s=10, echo_interval_s=5, echo_misses=3)
 
 
 @pytest.mark.parametrize(
-    ("now", "last_rx", "echo_sent", "verdict"),
+    ("now", "silent_since", "echo_sent", "verdict"),
     [
         (104.9, 100, None, Verdict.OK),  # heard from recently
         (105.0, 100, None, Verdict.ECHO),  # silent one interval: probe
@@ -31,12 +31,12 @@ T = LinkTimers(handshake_s=10, echo_interval_s=5, echo_misses=3)
         (114.9, 100, 110.0, Verdict.OK),
         (115.0, 100, 110.0, Verdict.CLOSE),  # three intervals of silence: dead
         (200.0, 100, None, Verdict.CLOSE),
-        (106.0, 101, 100.0, Verdict.ECHO),  # the last probe predates the last message
+        (106.0, 101, 100.0, Verdict.ECHO),  # the last probe predates the silence
         (104.0, 100, 99.0, Verdict.OK),
     ],
 )
-def test_idle_verdict(now, last_rx, echo_sent, verdict):
-    assert idle_verdict(T, now, last_rx, echo_sent) is verdict
+def test_idle_verdict(now, silent_since, echo_sent, verdict):
+    assert idle_verdict(T, now, silent_since, echo_sent) is verdict
 
 
 def test_handshake_verdict():
