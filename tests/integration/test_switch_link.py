@@ -119,6 +119,22 @@ def test_second_connection_for_a_live_dpid_is_refused(topology, bridge, controll
     assert_programs_a_change(app, bridge)
 
 
+def test_a_reconnecting_switch_is_not_taken_for_an_impostor(topology, bridge, controller, caplog):
+    """`bridge/reconnect` drops the bridge's connection and opens a new one at once: the
+    new one gets in (its old connection is given a moment to end), never refused."""
+    caplog.set_level(logging.INFO, logger="nfsteer")
+    app, _ = controller(topology)
+    bridge.set_controller(app.options.listen[1])
+    assert app.wait_synced("s1", 30)
+    for _ in range(2):
+        old = app.datapaths["s1"]
+        subprocess.run(["ovs-appctl", "bridge/reconnect", bridge.name], check=True)
+        wait_for(lambda o=old: app.datapaths.get("s1") not in (None, o), 10, "a new connection")
+        assert app.wait_synced("s1", 10)
+    assert "refused" not in caplog.text
+    assert_programs_a_change(app, bridge)
+
+
 def test_silent_owner_of_a_dpid_gives_way_to_the_real_switch(topology, bridge, controller):
     """A peer that completes the handshake for the bridge's dpid and then goes silent (it
     answers no echo) is closed as dead, and the bridge takes over."""
