@@ -8,8 +8,9 @@ variable                   meaning                                           def
 =========================  ================================================  ==============
 NFSTEER_TOPOLOGY           topology YAML file (required)                     -
 NFSTEER_REDIS              Redis URL (``redis://[:password@]host:port/db``)  no Redis
-NFSTEER_LISTEN             OpenFlow HOST:PORT (informational: the listener   127.0.0.1:6653
-                           belongs to the AppManager's os-ken CONF)
+NFSTEER_LISTEN             OpenFlow [tcp:|ssl:]HOST:PORT (informational:     127.0.0.1:6653
+                           the listener belongs to the AppManager's os-ken
+                           CONF)
 NFSTEER_API                REST API / metrics HOST:PORT, or ``off``          127.0.0.1:8080
 NFSTEER_API_TOKEN          bearer token the REST API requires for changes    none
                            (required when the API is not on loopback)
@@ -29,10 +30,12 @@ import ipaddress
 import os
 import re
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 from controller.leadership import DEFAULT_LEASE_MS, check_lease
+from controller.oftls import TlsFiles
+from controller.switchlink import LinkTimers
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 API_OFF = "off"
@@ -55,6 +58,9 @@ class Options:
     api_token: str | None = None
     heartbeat_ttl_ms: int = DEFAULT_HEARTBEAT_TTL_MS
     log_level: str = "INFO"
+    listen_tls: TlsFiles | None = None  # OpenFlow over TLS (``--listen ssl:...``)
+    # handshake and echo timers of switch connections
+    switch_link: LinkTimers = field(default_factory=LinkTimers)
     # Several controllers (with Redis): this one's name, and the leader's lease.
     controller_id: str | None = None  # default: host name and pid
     lease_ms: int = DEFAULT_LEASE_MS
@@ -108,7 +114,7 @@ class Options:
         return cls(
             topology=Path(topology),
             redis_url=env.get("NFSTEER_REDIS") or None,
-            listen=parse_hostport(env.get("NFSTEER_LISTEN", ""), DEFAULT_LISTEN, "NFSTEER_LISTEN"),
+            listen=parse_listen(env.get("NFSTEER_LISTEN", ""), "NFSTEER_LISTEN")[1],
             api=parse_api(env.get("NFSTEER_API", ""), "NFSTEER_API"),
             api_token=env.get("NFSTEER_API_TOKEN") or None,
             heartbeat_ttl_ms=ttl_ms,
@@ -126,6 +132,14 @@ def _int_env(env: Mapping[str, str], name: str, default: int) -> int:
         return int(text)
     except ValueError:
         raise OptionsError(f"{name}: {text!r} is not a number") from None
+
+
+def parse_listen(text: str, what: str = "--listen") -> tuple[bool, tuple[str, int]]:
+    """``[tcp:|ssl:]HOST:PORT`` (see :func:`parse_hostport`): (TLS or not, address)."""
+    scheme, sep, rest = text.strip().partition(":")
+    if sep and scheme.lower() in ("tcp", "ssl"):
+        return scheme.lower() == "ssl", parse_hostport(rest, DEFAULT_LISTEN, what)
+    return False, parse_hostport(text, DEFAULT_LISTEN, what)
 
 
 def parse_api(text: str, what: str = "--api") -> tuple[str, int] | None:

@@ -1,0 +1,159 @@
+"""Raw bytes into the OpenFlow listener of a running controller (hypothesis).
+
+One controller with the triangle topology; a real OVS bridge is its switch s1. Each case
+opens a TCP connection and sends: random bytes; headers with any version, type and length
+(shorter than a header, longer than what follows, up to 65535); a hello of any version; a
+valid hello and features reply for a dpid (s1's, which is taken, s2's or s3's, which are in
+the topology and free, or any other) followed by messages of any type with random bodies,
+including multipart replies and port status of the right shape. Afterwards the controller
+accepts and serves switches, its app still handles events, and the bridge gets a change
+programmed end to end (barrier confirmed, flows read back with ``ovs-ofctl``).
+"""
+
+from __future__ import annotations
+
+import socket
+import struct
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from conftest import unique_name
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+from ofpeer_support import RawPeer, features_reply, header, hello
+from ovs_support import Bridge
+
+from controller import flows as fl
+from controller.launcher import start_in_thread
+from controller.options import Options
+from controller.switchlink import LinkTimers
+from controller.topology import compute_routes
+
+pytestmark = [pytest.mark.ovs, pytest.mark.timeout(300)]
+
+REPO = Path(__file__).resolve().parents[2]
+TRIANGLE = REPO / "tests" / "data" / "triangle.yaml"
+CASES = 1500
+BUDGET_S = 60.0  # cases past this are skipped, so a slow machine still ends in time
+MULTIPART_REPLY, PORT_STATUS = 19, 12
+TIMERS = LinkTimers(handshake_s=1.0, echo_interval_s=1.0, echo_misses=3, max_pending=32)
+
+
+def message(msg_type: int, body: bytes, xid: int = 0, version: int = 4) -> bytes:
+    return header(msg_type, 8 + len(body), xid, version) + body
+
+
+versions = st.sampled_from([0, 1, 2, 3, 4, 5, 6, 0xFF])
+any_header = st.builds(
+    lambda v, t, n, x, body: header(t, n, x, v) + body,
+    versions,
+    st.integers(0, 255),
+    st.sampled_from([0, 1, 7, 8, 9, 16, 65535]) | st.integers(0, 65535),
+    st.integers(0, 2**32 - 1),
+    st.binary(max_size=256),
+)
+typed_message = st.builds(
+    lambda t, body, x: message(t, body, x),
+    st.integers(0, 40),
+    st.binary(max_size=512),
+    st.integers(0, 5),
+)
+multipart_reply = st.builds(
+    lambda mp, flags, body: message(MULTIPART_REPLY, struct.pack("!HH4x", mp, flags) + body),
+    st.sampled_from([0, 1, 2, 4, 7, 13, 0xFFFF]),
+    st.sampled_from([0, 1]),
+    st.binary(max_size=600),
+)
+port_status = st.builds(
+    lambda reason, port, body: message(
+        PORT_STATUS, struct.pack("!B7xI", reason, port) + body.ljust(60, b"\0")[:60]
+    ),
+    st.integers(0, 3),
+    st.sampled_from([1, 11, 21, 0xFFFFFF00, 0xFFFFFFFF]) | st.integers(0, 2**32 - 1),
+    st.binary(max_size=60),
+)
+after_handshake = st.lists(
+    st.one_of(typed_message, multipart_reply, port_status, any_header, st.binary(max_size=64)),
+    max_size=8,
+).map(b"".join)
+dpids = st.sampled_from([0x101, 0x102, 0x103]) | st.integers(0, 2**64 - 1)
+stream = st.one_of(
+    st.binary(max_size=2048),
+    st.lists(any_header, min_size=1, max_size=4).map(b"".join),
+    st.builds(lambda v, rest: hello(v) + rest, versions, st.binary(max_size=256)),
+    st.builds(lambda rest: hello() + rest, after_handshake),
+    st.builds(lambda d, rest: hello() + features_reply(d, 1) + rest, dpids, after_handshake),
+)
+
+
+@pytest.fixture
+def bridge(ovs) -> Iterator[Bridge]:
+    b = Bridge(unique_name("fz"), 0x101, [1, 11])
+    yield b
+    b.delete()
+
+
+def send_case(port: int, data: bytes) -> None:
+    peer = RawPeer(port)
+    try:
+        peer.sock.sendall(data)
+        peer.closed_by_controller(0.05)
+    except OSError:
+        pass  # the controller closed first: fine
+    finally:
+        peer.sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
+        peer.close()
+
+
+def test_raw_bytes_do_not_stop_the_controller(bridge):
+    app, stop = start_in_thread(
+        Options(topology=TRIANGLE, listen=("127.0.0.1", 0), api=None, switch_link=TIMERS)
+    )
+    try:
+        port = app.options.listen[1]
+        bridge.set_controller(port)
+        assert app.wait_synced("s1", 30)
+        real = app.datapaths["s1"]
+        cases = 0
+        started = time.monotonic()
+
+        @settings(
+            max_examples=CASES,
+            deadline=None,
+            database=None,
+            suppress_health_check=list(HealthCheck),
+        )
+        @given(stream)
+        def one_case(data: bytes) -> None:
+            nonlocal cases
+            if time.monotonic() - started > BUDGET_S:
+                return
+            cases += 1
+            send_case(port, data)
+
+        one_case()
+        took = time.monotonic() - started
+        print(f"OpenFlow fuzz: {cases} cases in {took:.1f} s")
+        assert cases >= 200
+        # the real switch kept its connection and is programmed end to end
+        assert app.datapaths["s1"] is real and real.is_active
+        result = app.apply(lambda s: s.set_capacity("fw", "fw1", 3, time.time()), "after fuzz")
+        assert result.changes[0].moved
+        assert result.wait(15), "the switch did not confirm a change after the fuzzing"
+        want = fl.desired_table(app.steering, "s1", compute_routes(app.steering.topology))
+        got = {int(c.split("=")[1].rstrip(","), 16) for c in _cookies(bridge)}
+        assert got == {f.cookie for f in want.flows.values()}
+        # and a new switch is still accepted: a fresh connection completes the handshake
+        peer = RawPeer(port)
+        try:
+            peer.handshake(dpid=0x7777)
+        finally:
+            peer.close()
+    finally:
+        stop()
+
+
+def _cookies(bridge: Bridge) -> list[str]:
+    return [part for line in bridge.flows() for part in line.split() if part.startswith("cookie=")]
