@@ -303,8 +303,8 @@ class SteeringApp(app_manager.OSKenApp):
         self._send_event(EventCall(fn, reply), None)
         deadline = time.monotonic() + timeout
         while not reply.done.wait(min(0.5, max(0.0, deadline - time.monotonic()))):
-            if self._stopping.is_set():
-                raise TimeoutError("the controller's event loop is stopping")
+            if self._stopping.is_set() or not self._loop_thread.is_alive():
+                raise TimeoutError("the controller's event loop is stopping or has ended")
             if time.monotonic() >= deadline:
                 raise TimeoutError(f"the controller's event loop did not answer in {timeout:g} s")
         if reply.error is not None:
