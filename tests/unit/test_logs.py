@@ -17,6 +17,10 @@ def capture():
     root, ours = logging.getLogger(), logging.getLogger("nfsteer")
     saved = (list(root.handlers), root.level, ours.level)
     ours.setLevel(logging.NOTSET)  # a controller started by an earlier test sets its level
+    for name in list(logging.root.manager.loggerDict):  # and a dictConfig may disable them
+        if name.startswith("nfsteer."):
+            logging.getLogger(name).disabled = False
+            logging.getLogger(name).setLevel(logging.NOTSET)
     stream = io.StringIO()
     yield stream
     root.handlers[:] = saved[0]
