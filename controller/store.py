@@ -59,8 +59,12 @@ def instances_key(pool: str) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """The controller's one Redis client (URL may carry a password or ACL user)."""
-    return redis.Redis.from_url(
+    """The controller's one Redis client (URL may carry a password or ACL user): one
+    server, a Sentinel-managed primary (``redis+sentinel://``) or a Redis Cluster
+    (``redis+cluster://``; every key of a pool shares the pool's hash tag)."""
+    from controller.storeurl import make_client
+
+    return make_client(
         url,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT_S,
@@ -356,4 +360,6 @@ class Store:
         return bool(self.call(lambda r: self._retire(keys=[keys.instance(pool, name)], client=r)))
 
     def close(self) -> None:
-        self.client.close()
+        from controller.storeurl import close_client
+
+        close_client(self.client)

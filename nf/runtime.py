@@ -29,7 +29,7 @@ from typing import Any
 from nf.base import NetworkFunction
 from nf.heartbeat import Heartbeat
 from nf.packet import NOT_STEERED, parse
-from nf.state import LocalStore, RedisStore, StoreUnavailable
+from nf.state import LocalStore, NotReplicated, RedisStore, StoreUnavailable
 
 log = logging.getLogger("nfsteer.nf")
 
@@ -169,6 +169,9 @@ class Processor:
             results = self.store.collect(ticket)
         except StoreUnavailable:
             return self._unavailable(items)
+        except NotReplicated:  # output commit: held back even when failing open
+            self.counters.dropped["store_not_replicated"] += len(items)
+            return []
         nf = self.nf
         dropped = self.counters.dropped
         out = []
