@@ -125,6 +125,8 @@ def node_conf(layout: StoreLayout, i: int, primary_port: int | None) -> str:
         "appendfsync everysec",
         "min-replicas-to-write 1",
         f"min-replicas-max-lag {MIN_REPLICAS_MAX_LAG_S}",
+        # SIGTERM: flush the AOF and go; no waiting for replicas (the AOF has everything).
+        "shutdown-timeout 0",
         "repl-diskless-sync yes",
         "repl-diskless-sync-delay 0",
         f"replica-announce-ip {layout.announce_ip}",
@@ -417,15 +419,12 @@ def _stop(pid: int | None, timeout: float = 5.0) -> None:
 
 def down(layout: StoreLayout) -> list[str]:
     """Stop every node (SIGTERM: the AOF is flushed); the files stay for the next `up`."""
-    stopped = []
-    for i in range(3):
-        pid = sentinel_pid(layout, i)
-        if pid is not None:
-            _stop(pid)
-            stopped.append(f"sentinel-{i}")
-    for i in range(3):
-        pid = node_pid(layout, i)
-        if pid is not None:
-            _stop(pid)
-            stopped.append(f"redis-{i}")
-    return stopped
+    pids = {f"sentinel-{i}": sentinel_pid(layout, i) for i in range(3)}
+    pids |= {f"redis-{i}": node_pid(layout, i) for i in range(3)}
+    running = {name: pid for name, pid in pids.items() if pid is not None}
+    for pid in running.values():
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGTERM)
+    for pid in running.values():
+        _stop(pid)  # waits; SIGKILL after 5 s
+    return list(running)

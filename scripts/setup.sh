@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(openvswitch-switch mininet redis-server python3-venv python3-dev ethtool
+DEB_PACKAGES=(openvswitch-switch mininet redis-server redis-sentinel python3-venv python3-dev ethtool
               iproute2 iputils-ping procps psmisc)
 VENV=.venv
 
