@@ -108,7 +108,7 @@ def make_client(url: str, **kwargs: Any) -> Any:
             list(s.sentinels), sentinel_kwargs={**timeouts, **auth}, **kwargs, **auth
         )
         client = sentinel.master_for(s.service)
-        client.sentinel = sentinel  # kept for check_reachable() and closing
+        client.nfsteer_sentinel = sentinel  # kept for check_reachable() and closing
         return client
     return redis.Redis.from_url(url, **kwargs)
 
@@ -118,7 +118,7 @@ def check_reachable(client: Any, url: str) -> None:
     becomes one StoreURLError line naming it (the caller exits with status 2)."""
     import redis
 
-    sentinel = getattr(client, "sentinel", None)
+    sentinel = getattr(client, "nfsteer_sentinel", None)
     if sentinel is not None:
         s = parse_sentinel_url(url)
         reached, known = 0, set()
@@ -164,7 +164,7 @@ def redacted(url: str) -> str:
 
 def close_client(client: Any) -> None:
     client.close()
-    sentinel = getattr(client, "sentinel", None)
+    sentinel = getattr(client, "nfsteer_sentinel", None)
     if sentinel is not None:
         for node in sentinel.sentinels:
             node.close()

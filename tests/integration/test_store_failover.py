@@ -224,3 +224,17 @@ def test_a_retried_batch_changes_nothing(replicated_store):
         state = {k: r.dump(k) for k in r.keys("nfsteer:*")}
         assert p.process(frames) == first
         assert {k: r.dump(k) for k in r.keys("nfsteer:*")}.keys() == state.keys()
+
+
+def test_a_single_server_url_with_a_wrong_password_is_one_line(redis_server):
+    redis_server.stop()
+    redis_server.password = "right"
+    redis_server.start()
+    url = redis_server.url.replace(":right@", ":wrong@")
+    r = subprocess.run(
+        [NFSTEER, "nf", "--kind", "firewall", "--interface", "lo", "--pool", "fw", "--redis", url],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert r.returncode == 2 and r.stderr.strip() == "nfsteer nf: wrong password for the store"
