@@ -46,6 +46,7 @@ RETRIES = 2  # client-level retries; the controller's loops retry further with t
 HEALTH_CHECK_INTERVAL_S = 5
 
 SOURCES = ("topology", "registered", "api")
+UNAVAILABLE_REPLIES = ("NOREPLICAS", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
 T = TypeVar("T")
 
 
@@ -201,6 +202,13 @@ class Store:
         except redis.exceptions.NoPermissionError as e:
             # An ACL user without the rights it needs: as good as unreachable, and said once.
             # (Wrong or missing passwords and a loading server are ConnectionErrors.)
+            self._mark(False, e)
+            raise StoreUnavailable(str(e)) from None
+        except redis.ResponseError as e:
+            # A store that cannot take writes now (a primary without its replicas, a
+            # demoted primary, a replica loading its data): unavailable, said once.
+            if not str(e).startswith(UNAVAILABLE_REPLIES):
+                raise
             self._mark(False, e)
             raise StoreUnavailable(str(e)) from None
         self._mark(True)

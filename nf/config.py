@@ -49,6 +49,9 @@ class _NFCommon(_Strict):
     # Output commit (off by default): no packet leaves that depends on state a failover
     # could lose. Needs one primary (redis:// or redis+sentinel://), not a Redis Cluster.
     store_sync: StoreSync | None = None
+    # While the store is unreachable (e.g. a failover), hold packets that need state for up
+    # to this long and process them once it answers (0: drop them at once). Fail closed only.
+    hold_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
 class FirewallRule(_Strict):

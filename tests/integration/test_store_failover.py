@@ -238,3 +238,31 @@ def test_a_single_server_url_with_a_wrong_password_is_one_line(redis_server):
         timeout=30,
     )
     assert r.returncode == 2 and r.stderr.strip() == "nfsteer nf: wrong password for the store"
+
+
+def test_held_packets_go_out_once_the_store_answers(redis_server):
+    """hold_ms: a packet that needs state while the store is away waits instead of being
+    dropped, and leaves as soon as the store answers; past hold_ms it is dropped."""
+    from nf_support import one, processor, udp
+
+    p = processor("firewall", redis_server.url, hold_ms=3000)
+    assert one(p, udp("10.0.0.1", "10.0.0.129", 5000, 53)) is not None
+    redis_server.stop()
+    frame = udp("10.0.0.1", "10.0.0.129", 5001, 53)
+    assert one(p, frame) is None
+    assert p.counters.held == 1 and len(p.held) == 1 and not p.counters.dropped
+    redis_server.start()
+    deadline = time.monotonic() + 5
+    out: list[bytes] = []
+    while not out:
+        assert time.monotonic() < deadline, "held frame never released"
+        out = p.process([])
+        time.sleep(0.02)
+    assert out == [frame] and not p.held
+    # Past its hold time a frame is dropped, never sent late.
+    q = processor("firewall", redis_server.url, hold_ms=100)
+    redis_server.stop()
+    assert one(q, udp("10.0.0.1", "10.0.0.129", 5002, 53)) is None
+    time.sleep(0.2)
+    redis_server.start()
+    assert q.process([]) == [] and q.counters.dropped == {"store_unavailable": 1}
