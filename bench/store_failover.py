@@ -129,13 +129,15 @@ class ControllerWriter(Client):
             switch="s1", port=11, capacity=1.0, state=InstanceState.ACTIVE,
         )  # fmt: skip
         self.inst = {"fw1": inst}
+        self.errors: dict[str, int] = {}
 
     def write(self) -> bool:
         self.epoch += 1
         snap = PoolSnapshot("bench", "firewall", 64, 0, self.epoch, ["fw1"] * 64, self.inst)
         try:
             return self.store.save_pool(snap) is None
-        except StoreUnavailable:
+        except (StoreUnavailable, redis.RedisError) as e:
+            self.errors[type(e).__name__] = self.errors.get(type(e).__name__, 0) + 1
             return False
 
     def run(self) -> None:
@@ -251,6 +253,7 @@ def main() -> int:
         "lost_with_output_commit": lost(layout, synced.acked),
         "acked_without": len(unsynced.acked),
         "lost_without": lost(layout, unsynced.acked),
+        "controller_errors": controller.errors,
         "runtime_s": round(time.monotonic() - started, 1),
         "per_kill": kills,
     }
