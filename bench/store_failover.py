@@ -5,9 +5,10 @@ A store from ``nfsteer store up`` (1 primary, 2 replicas, 3 Sentinels, AOF every
 min-replicas-to-write 1, down-after-milliseconds 1000) runs on free loopback ports in a
 temporary run directory. Three clients write all the time, through the Sentinel URL:
 
-* an NF state client with output commit (``store_sync: {replicas: 1, timeout_ms: 100}``):
-  batches of 8 new firewall entries; a batch counts as acknowledged when the store
-  confirmed it (WAIT reached a replica) — that is when its packets would leave;
+* two NF state clients with output commit (``store_sync: {replicas: N, timeout_ms: 100}``,
+  N = 1 and N = 2, i.e. every replica): batches of 8 new firewall entries; a batch counts
+  as acknowledged when the store confirmed it (WAIT reached N replicas) — that is when its
+  packets would leave;
 * the same NF client without output commit: a batch counts as acknowledged when the
   script's reply arrived (what an NF without store_sync releases packets on);
 * the controller's store client: ``save_pool`` (its Lua script) every 20 ms.
@@ -204,9 +205,10 @@ def main() -> int:
     )
     up(layout)
     url = layout.url()
-    synced, unsynced = NFWriter(url, (1, 100), "s"), NFWriter(url, None, "u")
+    synced, synced_all = NFWriter(url, (1, 100), "s"), NFWriter(url, (2, 100), "a")
+    unsynced = NFWriter(url, None, "u")
     controller = ControllerWriter(url)
-    clients = [synced, unsynced, controller]
+    clients = [synced, synced_all, unsynced, controller]
     kills: list[dict] = []
     started = time.monotonic()
     try:
@@ -221,22 +223,26 @@ def main() -> int:
             i = layout.ports.index(primary[1])
             t0 = time.monotonic()
             os.kill(node_pid(layout, i), signal.SIGKILL)
-            wait(lambda t0=t0: all(c.resumed(t0) is not None for c in clients), 30)
+            # (output commit to both replicas waits for the killed node to rejoin)
+            quick = [c for c in clients if c is not synced_all]
+            wait(lambda t0=t0, q=quick: all(c.resumed(t0) is not None for c in q), 30)
+            new = current_primary(layout)
+            up(layout)  # the killed node returns as a replica
+            wait(lambda t0=t0: synced_all.resumed(t0) is not None, 30)
             one = {
                 "kill": k + 1,
                 "nf_sync_s": synced.resumed(t0),
+                "nf_sync_all_s": synced_all.resumed(t0),
                 "nf_s": unsynced.resumed(t0),
                 "controller_s": controller.resumed(t0),
             }
-            new = current_primary(layout)
             one["promoted"] = f"{new[0]}:{new[1]}" if new else None
             kills.append(one)
             print(
-                f"kill {k + 1:2}: NF (output commit) {one['nf_sync_s']} s, NF {one['nf_s']} s, "
-                f"controller {one['controller_s']} s",
+                f"kill {k + 1:2}: NF (output commit 1 / 2) {one['nf_sync_s']} / "
+                f"{one['nf_sync_all_s']} s, NF {one['nf_s']} s, controller {one['controller_s']} s",
                 flush=True,
             )
-            up(layout)  # the killed node returns as a replica
         time.sleep(1.5)
     finally:
         for c in clients:
@@ -247,10 +253,13 @@ def main() -> int:
         "kills": len(kills),
         "down_after_ms": args.down_after_ms,
         "nf_output_commit": summary([k["nf_sync_s"] for k in kills]),
+        "nf_output_commit_all": summary([k["nf_sync_all_s"] for k in kills]),
         "nf_without": summary([k["nf_s"] for k in kills]),
         "controller": summary([k["controller_s"] for k in kills]),
         "acked_with_output_commit": len(synced.acked),
         "lost_with_output_commit": lost(layout, synced.acked),
+        "acked_with_output_commit_all": len(synced_all.acked),
+        "lost_with_output_commit_all": lost(layout, synced_all.acked),
         "acked_without": len(unsynced.acked),
         "lost_without": lost(layout, unsynced.acked),
         "controller_errors": controller.errors,
@@ -262,7 +271,8 @@ def main() -> int:
     print()
     print(f"{result['kills']} primary kills (down-after-milliseconds {args.down_after_ms}):")
     for name, key in (
-        ("NF batches resume (output commit)", "nf_output_commit"),
+        ("NF batches resume (output commit, 1 replica)", "nf_output_commit"),
+        ("NF batches resume (output commit, 2 replicas)", "nf_output_commit_all"),
         ("NF batches resume (no output commit)", "nf_without"),
         ("controller saves resume", "controller"),
     ):
@@ -273,9 +283,10 @@ def main() -> int:
                 f"range {s['min_s']}-{s['max_s']} s"
             )
     print(
-        f"  acknowledged writes lost: {result['lost_with_output_commit']} of "
-        f"{result['acked_with_output_commit']} with output commit, "
-        f"{result['lost_without']} of {result['acked_without']} without"
+        f"  acknowledged writes lost: {result['lost_with_output_commit_all']} of "
+        f"{result['acked_with_output_commit_all']} with output commit to both replicas, "
+        f"{result['lost_with_output_commit']} of {result['acked_with_output_commit']} with "
+        f"output commit to one, {result['lost_without']} of {result['acked_without']} without"
     )
     print(f"runtime: {result['runtime_s']} s")
     if args.json:
