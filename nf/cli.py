@@ -144,6 +144,10 @@ def run(args: argparse.Namespace) -> int:
             raise UsageError(str(e)) from None
         return ""
 
+    if args.state == "local" and args.kind == "firewall":
+        # The in-process baseline keeps strict tracking: mid-stream pickup re-creates
+        # entries a shared store lost, and would hide what in-process state costs.
+        settings = settings.model_copy(update={"pickup": "off"})
     try:
         nf = build_nf(args.kind, args.pool, settings)
     except ValueError as e:

@@ -169,10 +169,11 @@ class RedisStore:
     redis-py's generic packer costs more per argument than the NF's whole per-packet work,
     and its pipelines cannot leave a batch in flight while the next is prepared."""
 
-    # Back off after a failure, doubling up to a fifth of a second: a failover is over
-    # within one such step of the Sentinels naming the new primary.
+    # Back off after a failure, doubling up to a tenth of a second: a failover is over
+    # within one such step of the Sentinels naming the new primary (an attempt costs one
+    # question to a Sentinel and a connect).
     MIN_BACKOFF_S = 0.02
-    MAX_BACKOFF_S = 0.2
+    MAX_BACKOFF_S = 0.1
 
     def __init__(
         self, client: Any, scripts: Sequence[Script] = (), sync: tuple[int, int] | None = None
