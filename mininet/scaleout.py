@@ -155,7 +155,13 @@ class PortMonitor(threading.Thread):
 class Clients:
     """One traffic client per client host; their status lines are read as they come."""
 
-    def __init__(self, emu: nfnet.Emulation, targets: list[str], timing: Timing):
+    def __init__(
+        self,
+        emu: nfnet.Emulation,
+        targets: list[str],
+        timing: Timing,
+        extra_args: tuple[str, ...] = (),
+    ):
         self.emu = emu
         self.procs: dict[str, subprocess.Popen] = {}
         self.status: dict[str, dict] = {}
@@ -167,7 +173,7 @@ class Clients:
         for i, name in enumerate(clients):
             args = ["client", "--targets", ",".join(targets), "--long", str(timing.long_per_client)]
             args += ["--interval", str(timing.interval), "--short-rate", str(timing.short_rate)]
-            args += ["--id-base", str(i * 10000)]
+            args += ["--id-base", str(i * 10000), *extra_args]
             proc = emu.host(name).popen(
                 emu.traffic_cmd(*args), cwd=str(nfnet.REPO), stderr=subprocess.DEVNULL, text=True
             )

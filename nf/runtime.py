@@ -245,6 +245,13 @@ def open_socket(interface: str, rcvbuf: int = 4 << 20) -> socket.socket:
             break
         except OSError:
             continue
+    # The same for sending: frames held through a store failover go out in one burst.
+    for opt in (32, socket.SO_SNDBUF):  # SO_SNDBUFFORCE (root) first
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
+            break
+        except OSError:
+            continue
     sock.bind((interface, ETH_P_ALL))
     ifindex = socket.if_nametoindex(interface)
     # Promiscuous for the socket's lifetime only (undone by the kernel when it closes).

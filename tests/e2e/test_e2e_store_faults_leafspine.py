@@ -28,4 +28,8 @@ def test_firewall_nat_and_lb_connections_survive_every_store_fault(emu):
     conns, detail = result["conns"], describe(result)
     assert {c["target"] for c in conns} == set(targets), detail
     assert [c for c in conns if c["state"] == "broken"] == [], detail + logs(emu)
-    assert max(gap_at(c, result["faults"]["kill"]) for c in conns) < 3.0, detail
+    # Sentinel's failover with down-after-milliseconds 1000 takes 2-3.5 s from the kill to
+    # the new primary's announcement; held packets go out right after it.
+    assert max(gap_at(c, result["faults"][f]) for c in conns for f in result["faults"]) < 5.0, (
+        detail
+    )
