@@ -209,6 +209,10 @@ class Store:
             # demoted primary, a replica loading its data): unavailable, said once.
             if not str(e).startswith(UNAVAILABLE_REPLIES):
                 raise
+            # Reconnect next time: a Sentinel-managed connection asks for the primary again.
+            pool = getattr(self.client, "connection_pool", None)  # a cluster has none
+            if pool is not None:
+                pool.disconnect()
             self._mark(False, e)
             raise StoreUnavailable(str(e)) from None
         self._mark(True)

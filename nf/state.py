@@ -44,6 +44,9 @@ LocalOp = Callable[[dict, Sequence[str], str, int, Sequence[int]], Result]
 Op = tuple[tuple[str, ...], str]  # (keys, code + argument)
 
 
+NOT_WRITABLE_REPLIES = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN")
+
+
 class StoreUnavailable(Exception):
     """The state store cannot be reached now; the batch was not (fully) applied."""
 
@@ -341,7 +344,12 @@ class RedisStore:
     def _failed(self, e: Exception) -> None:
         import redis
 
-        if not isinstance(e, redis.exceptions.ResponseError):
+        # A connection error, or a reply saying this node cannot take writes now (it lost
+        # its replicas, or is no primary any more): drop the connection, so that the next
+        # one asks the Sentinels again. Other error replies leave it up.
+        if not isinstance(e, redis.exceptions.ResponseError) or str(e).startswith(
+            NOT_WRITABLE_REPLIES
+        ):
             self._drop_connection()
         self.errors += 1
         self.last_error = f"{type(e).__name__}: {e}"
