@@ -158,6 +158,20 @@ def wait(cond, timeout: float) -> bool:
     return False
 
 
+def is_primary(layout: StoreLayout, i: int) -> bool:
+    """Node i says it is a primary with its two replicas connected."""
+    r = redis.Redis(
+        host=layout.announce_ip, port=layout.ports[i], password=layout.password, socket_timeout=1
+    )
+    try:
+        info = r.info("replication")
+    except redis.RedisError:
+        return False
+    finally:
+        r.close()
+    return info.get("role") == "master" and info.get("connected_slaves") == 2
+
+
 def lost(layout: StoreLayout, keys: list[str]) -> int:
     primary = current_primary(layout)
     assert primary is not None
@@ -221,6 +235,10 @@ def main() -> int:
             time.sleep(1.0)  # the replicas acknowledge every second: let every lag settle
             primary = current_primary(layout)
             i = layout.ports.index(primary[1])
+            if not is_primary(layout, i):  # the Sentinels' view lags: ask again
+                wait(lambda: is_primary(layout, layout.ports.index(current_primary(layout)[1])), 10)
+                primary = current_primary(layout)
+                i = layout.ports.index(primary[1])
             t0 = time.monotonic()
             os.kill(node_pid(layout, i), signal.SIGKILL)
             # (output commit to both replicas waits for the killed node to rejoin)
