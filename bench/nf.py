@@ -1,8 +1,10 @@
 """NF cost, throughput and added latency through a real interface.
 
-For each NF (firewall, nat, lb) three real `nfsteer nf` processes run side by side, one per
+For each NF (firewall, nat, lb) four real `nfsteer nf` processes run side by side, one per
 state store: local (in-process dict), Redis one packet per round trip (batch 1), Redis
-batched (up to 64 packets per round trip). Each sits on its own veth pair; this process
+batched (up to 64 packets per round trip), and batched with output commit (store_sync:
+``WAIT 1 100`` after every batch, packets released after it, against a replica of the
+bench's redis-server). Each sits on its own veth pair; this process
 generates traffic on the far ends with packet sockets.
 
 Method:
@@ -11,7 +13,7 @@ Method:
 * Pinning (with two or more CPUs): generator and redis-server on one CPU, the NFs on
   another, so the NF never competes with the traffic it is measured with.
 * Traffic is a closed loop: a window of frames in flight, so the NF is saturated but its
-  socket never overflows. The three stores take turns in slices of --slice seconds until
+  socket never overflows. The stores take turns in slices of --slice seconds until
   each has had --duration seconds (one *round* at one frame size); the order rotates every
   slice and round, so a change in the machine's speed (this is a VM: the same work takes
   +-25 % CPU time from one moment to the next) hits all three alike.
@@ -79,7 +81,15 @@ SETTINGS = {
     },
 }
 # (mode, state store, max batch): local and batched Redis read the same batches.
-MODES = [("local", "local", 64), ("unbatched", "redis", 1), ("batched", "redis", 64)]
+# store_sync: batched, plus output commit (WAIT for one replica after every batch; the
+# bench runs a replica of its redis-server for it).
+MODES = [
+    ("local", "local", 64),
+    ("unbatched", "redis", 1),
+    ("batched", "redis", 64),
+    ("store_sync", "redis", 64),
+]
+STORE_SYNC = {"replicas": 1, "timeout_ms": 100}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STATS_INTERVAL_S = 0.1  # how fresh an idle NF's counters are; the write costs ~0.1 % CPU
 QUIET_BUSY = 0.15  # machine busy share (all CPUs) below which it counts as quiet
@@ -363,6 +373,7 @@ class Bench:
         self.tmp = Path(tempfile.mkdtemp(prefix="nfbench"))
         self.tag = uuid.uuid4().hex[:5]
         self.redis: subprocess.Popen | None = None
+        self.replica: subprocess.Popen | None = None  # for store_sync's WAIT
         self.port = 0
         self.lanes: list[Lane] = []
         cpus = sorted(os.sched_getaffinity(0))
@@ -393,13 +404,38 @@ class Bench:
             if time.monotonic() > deadline:
                 raise RuntimeError("redis-server did not start")
             time.sleep(0.05)
+        self.start_replica()
         return self
+
+    def start_replica(self) -> None:
+        with socket.socket() as s:
+            s.bind(("127.0.0.1", 0))
+            port = s.getsockname()[1]
+        self.replica = subprocess.Popen(
+            ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
+             "--appendonly", "no", "--dir", str(self.tmp), "--dbfilename", "replica.rdb",
+             "--replicaof", "127.0.0.1", str(self.port)],
+            stdout=subprocess.DEVNULL, preexec_fn=pin(self.gen_cpu),
+        )  # fmt: skip
+        deadline = time.monotonic() + 10
+        while (
+            "master_link_status:up"
+            not in subprocess.run(
+                ["redis-cli", "-p", str(port), "info", "replication"],
+                capture_output=True,
+                text=True,
+            ).stdout
+        ):
+            if time.monotonic() > deadline:
+                raise RuntimeError("the replica did not sync")
+            time.sleep(0.05)
 
     def __exit__(self, *exc) -> None:
         self.close_lanes()
-        if self.redis:
-            self.redis.terminate()
-            self.redis.wait(5)
+        for server in (self.replica, self.redis):
+            if server:
+                server.terminate()
+                server.wait(5)
         shutil.rmtree(self.tmp, ignore_errors=True)
 
     def close_lanes(self) -> None:
@@ -420,7 +456,16 @@ class Bench:
     def open_lanes(self, kind: str) -> list[Lane]:
         subprocess.run(["redis-cli", "-p", str(self.port), "flushall"], capture_output=True)
         topo = self.tmp / f"{kind}.yaml"
-        pools = {pool_name(kind, m): {"kind": kind, "nf": SETTINGS[kind]} for m, _, _ in MODES}
+        pools = {
+            pool_name(kind, m): {
+                "kind": kind,
+                "nf": {
+                    **SETTINGS[kind],
+                    **({"store_sync": STORE_SYNC} if m == "store_sync" else {}),
+                },
+            }
+            for m, _, _ in MODES
+        }
         doc = {"name": "bench", "switches": {"s1": {"dpid": 1}}, "pools": pools}
         topo.write_text(yaml.safe_dump(doc))
         self.lanes = [Lane(self, kind, m, s, b) for m, s, b in MODES]
@@ -626,6 +671,35 @@ def headline(results: list[dict]) -> list[str]:
     return lines
 
 
+def store_sync_cost(results: list[dict]) -> list[str]:
+    """Output commit against batched state without it: capacity per core (paired by
+    round) and the latency it adds at the median."""
+    lines = [
+        "| NF | frame | store_sync / batched, capacity per core | >= 0.7? "
+        "| p50 added (µs) | <= 300? |",
+        "|---|---|---|---|---|---|",
+    ]
+    by = {(r["kind"], r["size"], r["mode"]): r for r in results}
+    for r in results:
+        b = by.get((r["kind"], r["size"], "batched"))
+        if r["mode"] != "store_sync" or b is None:
+            continue
+        ratios = [
+            x / y for x, y in zip(r["capacity_by_round"], b["capacity_by_round"], strict=False) if y
+        ]
+        m = med_range(ratios)
+        added = None
+        if r["p50_us"] is not None and b["p50_us"] is not None:
+            added = round(r["p50_us"] - b["p50_us"], 1)
+        r["capacity_x_batched"], r["p50_added_us"] = m, added
+        ok = "-" if m["median"] is None else ("yes" if m["median"] >= 0.7 else "no")
+        lat_ok = "-" if added is None else ("yes" if added <= 300 else "no")
+        lines.append(
+            f"| {r['kind']} | {r['size']} B | {fmt(m, '.2f')} | {ok} | {added} | {lat_ok} |"
+        )
+    return lines
+
+
 def parser_cost() -> dict:
     from nf.packet import parse
 
@@ -714,6 +788,9 @@ def main() -> int:
         print(line)
     print()
     for line in headline(results):
+        print(line)
+    print()
+    for line in store_sync_cost(results):
         print(line)
     parser = parser_cost()
     print(f"\nparser: {parser['parse_us']} us/frame (scapy: {parser['scapy_parse_us']} us/frame)")

@@ -40,7 +40,7 @@ import yaml
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
-from controller import keys  # noqa: E402
+from contract import keys  # noqa: E402
 
 NFSTEER = Path(sys.executable).parent / "nfsteer"
 TRIANGLE = REPO / "tests" / "data" / "triangle.yaml"

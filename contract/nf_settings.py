@@ -28,10 +28,25 @@ def _address(value: str) -> str:
     return ipv4(value)
 
 
+class StoreSync(_Strict):
+    """Output commit: after a batch, ``WAIT replicas timeout_ms``; the batch's packets
+    leave only once that many replicas have everything the batch wrote (else they are
+    dropped, and the endpoints retransmit)."""
+
+    replicas: Annotated[int, Field(ge=1, le=16)] = 1
+    timeout_ms: Annotated[int, Field(ge=1, le=10_000)] = 50
+
+
 class _NFCommon(_Strict):
     # What to do with packets that need state while the store is unreachable: drop them
     # (fail closed, the default) or forward them unchanged (fail open).
     fail_open: bool = False
+    # Output commit (off by default): no packet leaves that depends on state a failover
+    # could lose. Needs one primary (redis:// or redis+sentinel://), not a Redis Cluster.
+    store_sync: StoreSync | None = None
+    # While the store is unreachable (e.g. a failover), hold packets that need state for up
+    # to this long and process them once it answers (0: drop them at once). Fail closed only.
+    hold_ms: Annotated[int, Field(ge=0, le=10_000)] = 0
 
 
 class FirewallRule(_Strict):
@@ -57,6 +72,10 @@ class FirewallSettings(_NFCommon):
     # decide which new connections may be opened at all.
     inside: list[str] = Field(default_factory=list)
     rules: list[FirewallRule] = Field(default_factory=list)
+    # Mid-stream pickup (like conntrack's loose tracking): a TCP segment without SYN from
+    # the inside whose connection the rules would allow, but which has no entry (the store
+    # lost it), recreates an established entry. "off": such segments are dropped.
+    pickup: Literal["inside", "off"] = "inside"
     default: Literal["allow", "deny"] = "allow"
     tcp_syn_timeout: Timeout = 30.0
     tcp_established_timeout: Timeout = 3600.0

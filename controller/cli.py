@@ -30,6 +30,7 @@ SUBCOMMANDS: list[tuple[str, str, str]] = [
     ("check", "controller.check", "validate topology files and exit"),
     ("lookup", "controller.lookup", "which NF instance serves a 5-tuple"),
     ("nf", "nf.cli", "run one NF instance (firewall, nat, lb) on an interface"),
+    ("store", "controller.storecli", "start, stop or describe a replicated store (Sentinel)"),
     ("demo", "mininet/demo.py", "run the scale-out demo in Mininet"),
     ("status", "controller.opscli:status", "pools and instances of a running controller"),
     ("top", "controller.top", "live view of a running controller, refreshed every second"),

@@ -229,6 +229,8 @@ def run(args: argparse.Namespace) -> int:
 
     options = options_from_args(args)
     load_topology(options.topology)  # a bad file is reported before anything starts
+    if options.redis_url:
+        check_store(options.redis_url)
     stopping = threading.Event()
     fatal: list[str] = []
 
@@ -264,6 +266,24 @@ def run(args: argparse.Namespace) -> int:
         LOG.critical("exiting: %s", fatal[0])
         return 1
     return 0
+
+
+def check_store(url: str) -> None:
+    """A wrong Sentinel address, service name or password stops the start (one line, exit
+    2). A store that is merely down is not an error: the controller runs from the topology
+    until it is back."""
+    from contract.errors import UsageError
+    from controller.store import connect
+    from controller.storeurl import StoreURLError, check_reachable, close_client
+
+    client = connect(url)
+    try:
+        check_reachable(client, url)
+    except StoreURLError as e:
+        if not str(e).startswith("store unreachable"):
+            raise UsageError(str(e)) from None
+    finally:
+        close_client(client)
 
 
 def start_in_thread(

@@ -24,7 +24,7 @@ import os
 import socket
 from dataclasses import dataclass
 
-from controller import keys
+from contract import keys
 
 TAG = f"{keys.PREFIX}:{{leader}}"
 TERM_KEY = f"{TAG}:term"

@@ -78,10 +78,13 @@ class Options:
             raise OptionsError(
                 f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
-        if self.redis_url is not None and not self.redis_url.startswith(
-            ("redis://", "rediss://", "unix://")
-        ):
-            raise OptionsError("Redis URL must start with redis://, rediss:// or unix://")
+        if self.redis_url is not None:
+            from controller.storeurl import StoreURLError, check_url
+
+            try:
+                check_url(self.redis_url)
+            except StoreURLError as e:
+                raise OptionsError(f"Redis URL: {e}") from None
         if self.api is not None:
             # The rule lives with the API server; imported here only when it applies.
             from controller.api import ApiConfigError, check_listen

@@ -49,6 +49,7 @@ HEALTH_CHECK_INTERVAL_S = 5
 
 SOURCES = ("topology", "registered", "api")
 MAX_EPOCH = 2**53  # exact in a Lua number (a double): larger saved epochs are garbage
+UNAVAILABLE_REPLIES = ("NOREPLICAS", "READONLY", "LOADING", "MASTERDOWN", "TRYAGAIN")
 T = TypeVar("T")
 Member = tuple[str, str]
 
@@ -79,8 +80,12 @@ def instances_key(pool: str) -> str:
 
 
 def connect(url: str) -> redis.Redis:
-    """The controller's one Redis client (URL may carry a password or ACL user)."""
-    return redis.Redis.from_url(
+    """The controller's one Redis client (URL may carry a password or ACL user): one
+    server, a Sentinel-managed primary (``redis+sentinel://``) or a Redis Cluster
+    (``redis+cluster://``; every key of a pool shares the pool's hash tag)."""
+    from controller.storeurl import make_client
+
+    return make_client(
         url,
         decode_responses=True,
         socket_timeout=SOCKET_TIMEOUT_S,
@@ -289,6 +294,17 @@ class Store:
         except redis.exceptions.NoPermissionError as e:
             # An ACL user without the rights it needs: as good as unreachable, and said once.
             # (Wrong or missing passwords and a loading server are ConnectionErrors.)
+            self._mark(False, e)
+            raise StoreUnavailable(str(e)) from None
+        except redis.ResponseError as e:
+            # A store that cannot take writes now (a primary without its replicas, a
+            # demoted primary, a replica loading its data): unavailable, said once.
+            if not str(e).startswith(UNAVAILABLE_REPLIES):
+                raise
+            # Reconnect next time: a Sentinel-managed connection asks for the primary again.
+            pool = getattr(self.client, "connection_pool", None)  # a cluster has none
+            if pool is not None:
+                pool.disconnect()
             self._mark(False, e)
             raise StoreUnavailable(str(e)) from None
         self._mark(True)
@@ -570,4 +586,6 @@ class Store:
         return bool(self.call(lambda r: self._retire(keys=[keys.instance(pool, name)], client=r)))
 
     def close(self) -> None:
-        self.client.close()
+        from controller.storeurl import close_client
+
+        close_client(self.client)

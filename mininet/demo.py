@@ -1,10 +1,12 @@
 """`nfsteer demo`: the scale-out demo in Mininet.
 
-Builds the topology (default ``topologies/single.yaml``) in Mininet with Redis and the
-controller, runs one NF pool from one instance up to all of them and back while clients
-keep long-lived TCP connections and open short ones, kills an instance, takes another's
-link down, and drains back to one. Progress is shown live; a JSON report and a PNG plot go
-to ``reports/`` (or ``--out``). The scenario itself lives in ``mininet/scaleout.py``.
+Builds the topology (default ``topologies/single.yaml``) in Mininet with the replicated
+store (primary, two replicas, three Sentinels) and the controller, runs one NF pool from
+one instance up to all of them and back while clients keep long-lived TCP connections and
+open short ones, kills an instance, takes another's link down, kills the store's primary
+(``store-failover``: its gap is in the report and the plot), and drains back to one.
+Progress is shown live; a JSON report and a PNG plot go to ``reports/`` (or ``--out``).
+The scenario itself lives in ``mininet/scaleout.py``.
 
 Loaded by path by the ``nfsteer`` command (this folder is not a package: it must not shadow
 Mininet's own ``mininet`` package).
@@ -152,7 +154,7 @@ def run(args: argparse.Namespace) -> int:
             f"*** network up in {time.monotonic() - t_begin:.1f} s; controller API "
             f"{emu.api_base}; pool {pool}, NF state {args.state}"
         )
-        report = scaleout.Scenario(emu, pool, args.state, timing, say).run()
+        report = scaleout.Scenario(emu, pool, args.state, timing, say, store_failover=True).run()
         say("*** stopping the network")
     stem = f"demo-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, png_path = scaleout.write_report(report, Path(args.out), stem)

@@ -24,12 +24,20 @@ or only the network, through Mininet's own runner (start `nfsteer controller` yo
     mn --custom mininet/nfnet.py --topo nfsteer,topologies/single.yaml \\
        --controller remote,ip=127.0.0.1,port=6653
 
-Redis: one redis-server in the root namespace, listening on 127.0.0.1 (for the controller)
-and on a Unix socket in the run directory (for the NF instances). Network namespaces do not
-separate the file system, so every Mininet host reaches the socket, while the root
-namespace gets no address or route of the emulated network and the switch ports of the
-instances carry nothing but steered traffic. This is the separate state-store network of a
-real deployment: an instance whose data link fails keeps its store session.
+The store (default, ``store="replicated"``): ``nfsteer store up`` in the run directory — one
+Redis primary, two replicas and three Sentinels in the root namespace — on a separate
+*store network*: a Linux bridge ``nfst0`` in the root namespace with 172.31.254.1/24, and
+one veth per NF instance from its host (``<host>-st``, 172.31.254.N) to the bridge. The
+store nodes listen on 172.31.254.1 (and 127.0.0.1); Sentinel hands out 172.31.254.1:PORT
+for the primary, which the controller (root namespace) and the NF instances (their store
+link) both reach, so every process uses the same ``redis+sentinel://`` URL. The switch
+ports of the instances carry nothing but steered traffic and the root namespace gets no
+address or route of the emulated network: this is the separate state-store network of a
+real deployment, where an instance whose data link fails keeps its store session.
+
+``store="single"``: one redis-server without persistence, on 127.0.0.1 for the controller
+and a Unix socket in the run directory for the NF instances (network namespaces do not
+separate the file system).
 
 Addresses that belong to no host (a NAT pool's public IP, a load balancer's VIPs) are
 resolved by ARP like any other: the switches answer for them (see the controller's
@@ -187,6 +195,7 @@ class Emulation:
     heartbeat_ttl_ms: int = 300
     start_servers: bool = True
     controller_log_level: str = "INFO"
+    store: str = "replicated"  # or "single" (one Redis, no persistence)
     topology: Topology = field(init=False)
     net: Mininet | None = field(init=False, default=None)
     nfs: dict[str, NFProcess] = field(init=False, default_factory=dict)
@@ -207,16 +216,25 @@ class Emulation:
         self.redis_password = secrets.token_hex(12)
         self.redis_socket = self.workdir / "redis.sock"
         self._extra_procs: list[subprocess.Popen] = []
+        self.store_layout: Any = None  # the replicated store (controller.storenodes)
+        self._store_links: list[str] = []
+        if self.store not in ("replicated", "single"):
+            raise ValueError(f"store must be replicated or single, not {self.store!r}")
 
     # ---- URLs ----------------------------------------------------------------------------
     @property
     def redis_url(self) -> str:
         """For processes in the root namespace (the controller, the demo)."""
+        if self.store_layout is not None:
+            return self.store_layout.url()
         return f"redis://:{self.redis_password}@127.0.0.1:{self.redis_port}/0"
 
     @property
     def nf_redis_url(self) -> str:
-        """For processes inside Mininet hosts: the Unix socket."""
+        """For processes inside Mininet hosts: the same Sentinel URL over the store network
+        (replicated store), or the Unix socket (single)."""
+        if self.store_layout is not None:
+            return self.store_layout.url()
         return f"unix://:{self.redis_password}@{self.redis_socket}?db=0"
 
     @property
@@ -259,6 +277,8 @@ class Emulation:
         )
         self.net.build()
         self.net.start()
+        if self.store_layout is not None:
+            self.attach_store_network()
         self.wait_connected()
         if self.start_servers:
             self.start_echo_servers()
@@ -279,11 +299,15 @@ class Emulation:
         self.controller_proc = None
         _stop_process(self.redis_proc)
         self.redis_proc = None
+        self.stop_store()
         if self._own_workdir and self.workdir:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
     # ---- Redis and controller ------------------------------------------------------------
     def start_redis(self) -> None:
+        if self.store == "replicated":
+            self.start_store()
+            return
         args = ["redis-server", "--port", str(self.redis_port), "--bind", "127.0.0.1"]
         args += ["--unixsocket", str(self.redis_socket), "--unixsocketperm", "700"]
         args += ["--requirepass", self.redis_password, "--save", "", "--appendonly", "no"]
@@ -296,7 +320,71 @@ class Emulation:
     def flush_redis(self) -> None:
         import redis
 
+        if self.store_layout is not None:
+            r = redis.Redis.from_url(self.primary_url())
+            r.flushall()
+            r.wait(2, 1000)
+            return
         redis.Redis.from_url(self.redis_url).flushall()
+
+    # ---- the replicated store on its own network -----------------------------------------
+    def start_store(self) -> None:
+        from controller.storenodes import StoreLayout, up
+
+        if Path(f"/sys/class/net/{STORE_BRIDGE}").exists():  # left by a run that crashed
+            subprocess.run(["ip", "link", "del", STORE_BRIDGE], capture_output=True)
+        _sh("ip", "link", "add", STORE_BRIDGE, "type", "bridge")
+        _sh("ip", "addr", "add", f"{STORE_ADDRESS}/24", "dev", STORE_BRIDGE)
+        _sh("ip", "link", "set", STORE_BRIDGE, "up")
+        layout = StoreLayout(
+            run_dir=str(self.workdir / "store"),
+            ports=[free_port() for _ in range(3)],
+            sentinel_ports=[free_port() for _ in range(3)],
+            bind=[STORE_ADDRESS, "127.0.0.1"],
+            announce_ip=STORE_ADDRESS,
+            password=self.redis_password,
+        )
+        up(layout)
+        self.store_layout = layout
+
+    def attach_store_network(self) -> None:
+        """One veth from every NF instance's host to the store bridge."""
+        assert self.net is not None
+        instances = [n for p in self.topology.pools.values() for n in p.instances]
+        for k, name in enumerate(instances, start=2):
+            host = self.net.get(name)
+            outer, inner = f"nfst-{name}"[:15], f"{name}-st"[:15]
+            _sh("ip", "link", "add", outer, "type", "veth", "peer", "name", inner)
+            self._store_links.append(outer)
+            _sh("sysctl", "-qw", f"net.ipv6.conf.{outer}.disable_ipv6=1")
+            _sh("ip", "link", "set", inner, "netns", str(host.pid))
+            _sh("ip", "link", "set", outer, "master", STORE_BRIDGE, "up")
+            host.cmd(f"ip addr add {STORE_PREFIX}.{k}/24 dev {inner} && ip link set {inner} up")
+
+    def primary_url(self) -> str:
+        """The current primary's own redis:// URL (tests that inspect the store)."""
+        from controller.storenodes import current_primary
+
+        primary = current_primary(self.store_layout)
+        assert primary is not None, "no primary"
+        return f"redis://:{self.redis_password}@{primary[0]}:{primary[1]}/0"
+
+    def stop_store(self) -> None:
+        if self.store_layout is not None:
+            from controller.storenodes import down, node_pid
+
+            for i in range(3):  # a stopped node would ignore SIGTERM
+                pid = node_pid(self.store_layout, i)
+                if pid is not None:
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(pid, signal.SIGCONT)
+            down(self.store_layout)
+            self.store_layout = None
+        for link in self._store_links:
+            subprocess.run(["ip", "link", "del", link], capture_output=True)
+        self._store_links.clear()
+        if Path(f"/sys/class/net/{STORE_BRIDGE}").exists():
+            subprocess.run(["ip", "link", "del", STORE_BRIDGE], capture_output=True)
 
     def start_controller(self) -> None:
         log = open(self.workdir / "controller.out", "ab")  # noqa: SIM115 - owned by the process
@@ -323,8 +411,11 @@ class Emulation:
             self.stop_nf(nf.name, kill=True)
         self.nfs.clear()
         _stop_process(self.controller_proc)
-        _stop_process(self.redis_proc)
-        self.start_redis()
+        if self.store_layout is not None:
+            self.flush_redis()  # the store network and its links stay
+        else:
+            _stop_process(self.redis_proc)
+            self.start_redis()
         self.start_controller()
         self.wait_connected()
 
@@ -473,6 +564,17 @@ class Emulation:
         return out
 
 
+STORE_BRIDGE = "nfst0"
+STORE_PREFIX = "172.31.254"
+STORE_ADDRESS = f"{STORE_PREFIX}.1"
+
+
+def _sh(*cmd: str) -> None:
+    r = subprocess.run(cmd, capture_output=True, text=True)
+    if r.returncode != 0:
+        raise RuntimeError(f"{' '.join(cmd)}: {r.stderr.strip()}")
+
+
 def _bridge_exists(name: str) -> bool:
     r = subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", name], capture_output=True)
     return r.returncode == 0
@@ -535,6 +637,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--state", choices=("redis", "local"), default="redis", help="NF state")
     p.add_argument("--instances", default="all", help="comma-separated instances to start")
     p.add_argument("--heartbeat-ttl-ms", type=int, default=300)
+    p.add_argument(
+        "--store",
+        choices=("replicated", "single"),
+        default="replicated",
+        help="replicated: primary, 2 replicas, 3 Sentinels (default); single: one Redis",
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("nfnet: must run as root (Mininet and Open vSwitch need it)", file=sys.stderr)
@@ -542,7 +650,9 @@ def main(argv: list[str] | None = None) -> int:
     from contract.topology import ConfigError
 
     try:
-        emu = Emulation(Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms)
+        emu = Emulation(
+            Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms, store=args.store
+        )
     except ConfigError as e:
         print(f"nfnet: {e}", file=sys.stderr)
         return 2

@@ -24,8 +24,10 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     )
     add_redis_url_arguments(
         p,
-        "redis://[:password@]host:port/db, or redis+cluster://[:password@]host:port "
-        "(any node of a Redis Cluster); default $NFSTEER_REDIS",
+        "redis://[:password@]host:port/db, "
+        "redis+sentinel://[:password@]host:port[,host:port...]/service (the primary found "
+        "through Sentinel), or redis+cluster://[:password@]host:port (any node of a Redis "
+        "Cluster); default $NFSTEER_REDIS",
     )
     p.add_argument(
         "--state",
@@ -132,11 +134,25 @@ def run(args: argparse.Namespace) -> int:
     logs.bind(pool=args.pool, instance=name)  # on every line of this process
     log = logging.getLogger("nfsteer.nf")
 
+    from controller.storeurl import StoreURLError, check_reachable
     from nf.instance import Instance, build_nf
     from nf.registration import Identity, Registration
     from nf.runtime import PacketLoop, Processor, interface_addresses, open_socket
     from nf.state import LocalStore, redis_client, redis_store
 
+    def check_store(client, url: str) -> str:
+        try:
+            check_reachable(client, url)
+        except StoreURLError as e:
+            if str(e).startswith("store unreachable"):
+                return str(e)  # the store may come up later: not a start-up error
+            raise UsageError(str(e)) from None
+        return ""
+
+    if args.state == "local" and args.kind == "firewall":
+        # The in-process baseline keeps strict tracking: mid-stream pickup re-creates
+        # entries a shared store lost, and would hide what in-process state costs.
+        settings = settings.model_copy(update={"pickup": "off"})
     try:
         nf = build_nf(args.kind, args.pool, settings)
     except ValueError as e:
@@ -146,7 +162,18 @@ def run(args: argparse.Namespace) -> int:
         log.warning("%s has MAC %s but the topology lists %s for %s", args.interface, mac,
                     listed.mac, name)  # fmt: skip
     client = redis_client(args.redis) if args.redis else None
-    store = redis_store(client, [nf.script]) if args.state == "redis" else LocalStore()
+    if client is not None:
+        warning = check_store(client, args.redis)
+        if warning:
+            log.warning("%s (retrying in the background)", warning)
+    sync = settings.store_sync
+    sync_args = (sync.replicas, sync.timeout_ms) if sync and args.state == "redis" else None
+    try:
+        store = (
+            redis_store(client, [nf.script], sync_args) if args.state == "redis" else LocalStore()
+        )
+    except ValueError as e:
+        raise UsageError(str(e)) from None
     try:
         sock = open_socket(args.interface)
     except PermissionError:
@@ -175,6 +202,7 @@ def run(args: argparse.Namespace) -> int:
         "state_store": args.state,
         "batch": args.batch,
         "fail_open": processor.fail_open,
+        "store_sync": list(sync_args) if sync_args else None,
         "pid": os.getpid(),
     }
     log.info(

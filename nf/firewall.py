@@ -9,6 +9,13 @@ state. One op, ``c``, is the whole TCP state machine:
 read the entry, apply the transition table, write the new state with its TTL — atomically,
 in Lua. The table lives here once and is rendered into the Lua source, so the Redis and
 the local store run the same machine.
+
+Mid-stream pickup (``pickup: inside``, the default, like conntrack's loose tracking): when
+the store lost an entry (wiped, or restored from an older append-only file), a bare ACK
+from the inside that the rules would let open a connection re-creates it as established,
+with the sender as initiator. From the outside such a segment is still dropped, so a
+connection whose next segment comes from the outside waits for the inside's next one
+(a retransmission or an ACK). A SYN-less segment carrying FIN or RST is never picked up.
 """
 
 from __future__ import annotations
@@ -98,7 +105,8 @@ _LUA_OPS = (
     + "}\n"
     + f"""
 -- K[ki]: connection key, holding '<state><initiator side><written at, ms>'.
--- a: three digits: side of the sender (0/1), event, may open (0/1).
+-- a: three digits: side of the sender (0/1), event, may open (0/1; for a bare ACK: may
+-- pick the connection up mid-stream).
 -- cfg[state]: idle timeout (ms) of each state; cfg[{ICMP_OPEN} + state]: refresh interval.
 -- An unchanged state is written again (pushing its expiry forward) only once per refresh
 -- interval, so most packets of an established connection only read.
@@ -115,6 +123,9 @@ OPS['c'] = function(K, ki, a, now, cfg)
   local dir = 0
   if side ~= init then dir = 1 end
   local new = T[st * 64 + dir * 16 + ev]
+  if not new and st == 0 and ev == {EV_ACK} and string.byte(a, 3) == 49 then
+    new = {ESTABLISHED}  -- mid-stream pickup: the sender becomes the initiator
+  end
   if not new then
     if st == 0 then return {NO_CONNECTION} end
     return {INVALID}
@@ -140,6 +151,8 @@ def _local_ct(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result:
         if st in REOPENABLE and ev in OPENERS:
             st, init = 0, side
     new = _T.get(_index(st, 0 if side == init else 1, ev))
+    if new is None and st == 0 and ev == EV_ACK and a[2] == "1":
+        new = ESTABLISHED  # mid-stream pickup
     if new is None:
         return NO_CONNECTION if st == 0 else INVALID
     if st == 0 and a[2] != "1":
@@ -176,6 +189,7 @@ class Firewall(NetworkFunction):
             for r in settings.rules
         ]
         self.default_allow = settings.default == "allow"
+        self.pickup = settings.pickup == "inside"
         s = settings
         ttl = {
             SYN_SENT: s.tcp_syn_timeout,
@@ -236,7 +250,11 @@ class Firewall(NetworkFunction):
         else:
             side = 1
             conn = f"{proto}:{pkt.dst_ip}:{pkt.dport}:{pkt.src_ip}:{pkt.sport}"
-        may_open = 1 if ev in OPENERS and self.may_open(pkt) else 0
+        # Openers may open a connection, and (pickup) a bare ACK from the inside may
+        # re-create one the store lost, when the rules would let it open.
+        may_open = 0
+        if (ev in OPENERS or (ev == EV_ACK and self.pickup)) and self.may_open(pkt):
+            may_open = 1
         return (f"{self.prefix}{{{conn}}}",), _ARG[side * 32 + ev * 2 + may_open]
 
     def complete(self, frame: bytes, pkt: Packet, result: Result) -> bytes | str:

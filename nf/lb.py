@@ -9,24 +9,30 @@ State: one hash per client endpoint, ``nfsteer:lb:<pool>:{<proto>:<client ip>:<p
 
 * ``t`` -> when its expiry was last pushed forward (server time, ms)
 
-Op ``f`` reads the forward entry; a new connection (TCP SYN, any UDP packet) stores the
-backend this instance proposes (weighted random choice) unless another instance stored one
-first — get-or-set in one Lua call, so racing instances agree. A TCP packet other than a
-SYN without an entry is dropped: sending it to a freshly picked backend would only draw a
-reset. Op ``r`` reads the reverse entry for a reply. Both push the expiry forward, at most
+Op ``f`` reads the forward entry, or stores the backend this instance proposes unless
+another instance stored one first — get-or-set in one Lua call, so racing instances agree.
+The proposal is a *consistent* choice: a table of ``TABLE_SIZE`` slots per VIP, each slot
+given to a backend by weighted rendezvous hashing, indexed by a hash of the client
+endpoint. Every instance proposes the same backend for a connection, so when the store
+loses an entry (wiped, or restored from an older append-only file) the next packet of the
+connection — from the client (op ``f``) or from the backend (op ``r``, which may re-create
+the entry when the backend is the one the table names) — finds the same backend again, as
+long as the backend set is unchanged. A change of the set moves only the slots of the
+backends that came or went (rendezvous hashing), so a lost entry of a connection in such a
+slot lands on another backend, which resets it. Both ops push the expiry forward, at most
 once per refresh interval (see ``nf.state.refresh_ms``).
 """
 
 from __future__ import annotations
 
-import random
+import hashlib
+import math
 from collections.abc import Sequence
-from itertools import accumulate
 from socket import inet_aton
 
 from contract.nf_settings import LBSettings
 from nf.base import NetworkFunction, ms
-from nf.packet import ACK, ICMP, SYN, TCP, UDP, Packet, rewrite
+from nf.packet import ICMP, TCP, UDP, Packet, rewrite
 from nf.state import Result, Script, local_expire, local_get, local_set, refresh_ms
 
 NO_CONNECTION, NO_REVERSE = "-21", "-22"
@@ -56,13 +62,21 @@ OPS['f'] = function(K, ki, a, now, cfg)
   touch(key, r[2], now, cfg)
   return b
 end
--- r: K = conn hash; a = backend. Returns the VIP the reply must come from.
+-- r: K = conn hash; a = '<backend>' or '<backend> <vip>' (may re-create the entry: this
+-- backend is the consistent choice for the client). Returns the VIP the reply must come
+-- from.
 OPS['r'] = function(K, ki, a, now, cfg)
   local key = K[ki]
-  local r = redis.call('HMGET', key, 'r:' .. a, 't')
-  if not r[1] then return {NO_REVERSE} end
+  local b, vip = string.match(a, '^(%S+) ?(.*)$')
+  local r = redis.call('HMGET', key, 'r:' .. b, 't')
+  local v = r[1]
+  if not v then
+    if vip == '' or redis.call('HEXISTS', key, 'f:' .. vip) == 1 then return {NO_REVERSE} end
+    v = vip
+    redis.call('HSET', key, 'f:' .. vip, b, 'r:' .. b, vip)
+  end
   touch(key, r[2], now, cfg)
-  return r[1]
+  return v
 end
 """
 
@@ -93,10 +107,18 @@ def _local_f(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result:
 
 def _local_r(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result:
     key = keys[0]
+    b, _, vip = a.partition(" ")
     h = local_get(data, key, now)
-    v = h.get("r:" + a) if h is not None else None
+    v = h.get("r:" + b) if h is not None else None
     if v is None:
-        return NO_REVERSE
+        if not vip or (h is not None and "f:" + vip in h):
+            return NO_REVERSE
+        if h is None:
+            h = {}
+            local_set(data, key, h, now, cfg[0])
+        v = vip
+        h["f:" + vip] = b
+        h["r:" + b] = vip
     _local_touch(data, key, h, now, cfg)
     return v
 
@@ -108,38 +130,61 @@ def _ip(s: str) -> int:
     return int.from_bytes(inet_aton(s), "big")
 
 
+TABLE_SIZE = 4099  # a prime; at 100 slots per backend or more, weights hold to ~1 %
+
+
+def consistent_table(backends: Sequence[tuple[str, int]], size: int = TABLE_SIZE) -> list[str]:
+    """Slot -> backend ("ip:port") by weighted rendezvous hashing: each slot goes to the
+    backend with the highest ``-weight / ln(u)``, u a hash of (slot, backend) in (0, 1).
+    Built once per VIP; removing a backend moves only its own slots."""
+    table = []
+    for slot in range(size):
+        best, best_score = "", -math.inf
+        for name, weight in backends:
+            h = hashlib.blake2b(f"{slot}/{name}".encode(), digest_size=8).digest()
+            u = (int.from_bytes(h, "big") + 1) / (2**64 + 2)
+            score = -weight / math.log(u)
+            if score > best_score:
+                best, best_score = name, score
+        table.append(best)
+    return table
+
+
+def client_slot(ip: int, port: int, size: int = TABLE_SIZE) -> int:
+    """The table slot of a client endpoint: the same on every instance (integer arithmetic,
+    no per-process hash seed)."""
+    return (ip * 2654435761 + port * 40503) % size
+
+
 class LoadBalancer(NetworkFunction):
     kind = "lb"
     script = SCRIPT
     errors = ERRORS
 
-    def __init__(self, pool: str, settings: LBSettings, rng: random.Random | None = None):
+    def __init__(self, pool: str, settings: LBSettings):
         self.settings = settings
         self.fail_open = settings.fail_open
         self.prefix = f"nfsteer:lb:{pool}:"
         ttl = ms(settings.idle_timeout)
         self._cfg = (ttl, refresh_ms(ttl))
-        self.rng = rng or random.Random()
         protos = {"tcp": TCP, "udp": UDP}
-        # (proto, vip, port) -> ("vip:port", backends, cumulative weights)
-        self.vips: dict[tuple[int, int, int], tuple[str, list[str], list[int]]] = {}
-        self.backends: set[tuple[int, int, int]] = set()
+        # (proto, vip, port) -> ("vip:port", consistent table of "ip:port" backends)
+        self.vips: dict[tuple[int, int, int], tuple[str, list[str]]] = {}
+        # (proto, backend ip, port) -> ("vip:port", the VIP's table, "ip:port")
+        self.backends: dict[tuple[int, int, int], tuple[str, list[str], str]] = {}
         self._addr: dict[str, tuple[int, int]] = {}  # "ip:port" -> (int ip, port)
         for v in settings.vips:
             p = protos[v.proto]
-            names = [f"{b.ip}:{b.port}" for b in v.backends]
-            cum = list(accumulate(b.weight for b in v.backends))
-            self.vips[(p, _ip(v.vip), v.port)] = (f"{v.vip}:{v.port}", names, cum)
-            self._addr[f"{v.vip}:{v.port}"] = (_ip(v.vip), v.port)
+            name = f"{v.vip}:{v.port}"
+            table = consistent_table([(f"{b.ip}:{b.port}", b.weight) for b in v.backends])
+            self.vips[(p, _ip(v.vip), v.port)] = (name, table)
+            self._addr[name] = (_ip(v.vip), v.port)
             for b in v.backends:
-                self.backends.add((p, _ip(b.ip), b.port))
+                self.backends[(p, _ip(b.ip), b.port)] = (name, table, f"{b.ip}:{b.port}")
                 self._addr[f"{b.ip}:{b.port}"] = (_ip(b.ip), b.port)
 
     def cfg(self) -> tuple[int, ...]:
         return self._cfg
-
-    def pick(self, vip: tuple[str, list[str], list[int]]) -> str:
-        return self.rng.choices(vip[1], cum_weights=vip[2])[0]
 
     def request(self, pkt: Packet):
         proto = pkt.proto
@@ -148,12 +193,15 @@ class LoadBalancer(NetworkFunction):
         v = self.vips.get((proto, pkt.dst, pkt.dport))
         if v is not None:
             key = f"{self.prefix}{{{proto}:{pkt.src_ip}:{pkt.sport}}}"
-            if proto == UDP or pkt.flags & (SYN | ACK) == SYN:  # may create a connection
-                return (key,), f"f{v[0]} {self.pick(v)}"
-            return (key,), "f" + v[0]
-        if (proto, pkt.src, pkt.sport) in self.backends:
+            # Every packet proposes the consistent backend: a new connection gets it, and
+            # one whose entry was lost gets it back.
+            return (key,), f"f{v[0]} {v[1][client_slot(pkt.src, pkt.sport)]}"
+        b = self.backends.get((proto, pkt.src, pkt.sport))
+        if b is not None:
             key = f"{self.prefix}{{{proto}:{pkt.dst_ip}:{pkt.dport}}}"
-            return (key,), f"r{pkt.src_ip}:{pkt.sport}"
+            if b[1][client_slot(pkt.dst, pkt.dport)] == b[2]:
+                return (key,), f"r{b[2]} {b[0]}"
+            return (key,), "r" + b[2]
         return None  # neither to a VIP nor from a backend: forward unchanged
 
     def complete(self, frame: bytes, pkt: Packet, result: Result) -> bytes | str:

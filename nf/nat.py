@@ -7,7 +7,6 @@ with keys of its own, per pool and protocol (``<s>`` the shard number):
 * ``nfsteer:nat:{<pool>:<proto>:<s>}:map`` hash
   - ``f:<inside ip>:<port>><remote ip>:<port>`` -> public port (forward mapping)
   - ``r:<public port>`` -> ``<inside ip>:<port>><remote ip>:<port>`` (reverse mapping)
-  - ``next`` -> where the next allocation in the shard starts looking
 * ``nfsteer:nat:{<pool>:<proto>:<s>}:exp`` sorted set: public port scored by the time (ms)
   its mapping expires; packets of either direction push it forward by the idle timeout
   (at most once per refresh interval, see ``nf.state.refresh_ms``).
@@ -19,8 +18,14 @@ shard's Redis Cluster hash tag; different shards spread over a cluster's nodes. 
 a shard may run out of ports while another still has some.
 
 A port is free when it has no score or its score has passed; allocation (op ``o``) takes
-the next free port of the shard from ``next`` in one Lua call, so no two instances ever
-hand out the same port, and drops the stale forward entry of the port's previous owner.
+the first free port of the shard at or after the connection's *first choice* (a hash of
+its endpoints, the same on every instance) in one Lua call, so no two instances ever hand
+out the same port, and drops the stale forward entry of the port's previous owner. The
+deterministic first choice is what lets a mapping the store lost (wiped, or restored from
+an older append-only file) come back at the same public port when the inside side sends
+next — unless another connection took that port in the meantime (Redis arbitrates: the
+later one probes on). Return traffic that arrives before the inside side sends again finds
+no mapping and is dropped.
 Hence ``f:x = p`` implies ``r:p = x``. Memory is bounded by the port range, so these keys
 need no TTL. Filtering is per connection (the remote endpoint of return traffic must match
 the mapping).
@@ -50,10 +55,11 @@ PROTOS = tuple(PROTO_NAMES)  # cfg index of a protocol's timeouts
 _LUA_OPS = f"""
 -- K[ki], K[ki+1]: the shard's map hash and expiry zset. cfg[2j-1], cfg[2j]: idle timeout
 -- and refresh interval (ms) of protocol j; ops start with j.
--- o: a = '<j><shard's first port> <last port> <tuple>'. Returns the public port.
+-- o: a = '<j><shard's first port> <last port> <first choice> <tuple>'. Returns the
+-- public port.
 OPS['o'] = function(K, ki, a, now, cfg)
   local map, exp = K[ki], K[ki + 1]
-  local j, lo, hi, tup = string.match(a, '^(%d)(%d+) (%d+) (.*)$')
+  local j, lo, hi, cur, tup = string.match(a, '^(%d)(%d+) (%d+) (%d+) (.*)$')
   local ttl = cfg[2 * j - 1]
   local port = redis.call('HGET', map, 'f:' .. tup)
   if port then
@@ -61,9 +67,8 @@ OPS['o'] = function(K, ki, a, now, cfg)
     if e - now <= ttl - cfg[2 * j] then redis.call('ZADD', exp, now + ttl, port) end
     return port
   end
-  lo, hi = tonumber(lo), tonumber(hi)
+  lo, hi, cur = tonumber(lo), tonumber(hi), tonumber(cur)
   local n = hi - lo + 1
-  local cur = tonumber(redis.call('HGET', map, 'next') or lo)
   if cur < lo or cur > hi then cur = lo end
   for i = 0, math.min(n, {MAX_PROBES}) - 1 do
     local p = lo + (cur - lo + i) % n
@@ -73,7 +78,7 @@ OPS['o'] = function(K, ki, a, now, cfg)
       if old and redis.call('HGET', map, 'f:' .. old) == tostring(p) then
         redis.call('HDEL', map, 'f:' .. old)
       end
-      redis.call('HSET', map, 'f:' .. tup, p, 'r:' .. p, tup, 'next', lo + (p - lo + 1) % n)
+      redis.call('HSET', map, 'f:' .. tup, p, 'r:' .. p, tup)
       redis.call('ZADD', exp, now + ttl, p)
       return p
     end
@@ -101,16 +106,17 @@ def _local_out(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result
     m = data.setdefault(keys[0], [{}, None])[0]
     exp = data.setdefault(keys[1], [{}, None])[0]
     j = ord(a[0]) - 48
-    lo, hi, tup = a[1:].split(" ", 2)
+    lo, hi, first, tup = a[1:].split(" ", 3)
     ttl = cfg[2 * j - 2]
     port = m.get("f:" + tup)
     if port is not None:
         if exp.get(port, 0) - now <= ttl - cfg[2 * j - 1]:
             exp[port] = now + ttl
         return port
-    lo, hi = int(lo), int(hi)
+    lo, hi, cur = int(lo), int(hi), int(first)
     n = hi - lo + 1
-    cur = int(m.get("next", lo))
+    if not lo <= cur <= hi:
+        cur = lo
     for i in range(min(n, MAX_PROBES)):
         p = str(lo + (cur - lo + i) % n)
         e = exp.get(p)
@@ -120,7 +126,6 @@ def _local_out(data: dict, keys: Sequence[str], a: str, now: int, cfg) -> Result
                 del m["f:" + old]
             m["f:" + tup] = p
             m["r:" + p] = tup
-            m["next"] = lo + (int(p) - lo + 1) % n
             exp[p] = now + ttl
             return p
     return EXHAUSTED
@@ -155,6 +160,13 @@ def shard_of(src: int, sport: int, dst: int, dport: int, shards: int) -> int:
     return (src * 2654435761 + dst * 40503 + sport * 65599 + dport) % shards
 
 
+def first_choice(src: int, sport: int, dst: int, dport: int, lo: int, hi: int) -> int:
+    """The public port a connection tries first within its shard's range [lo, hi]: the same
+    on every instance, and independent of the shard choice (another multiplier)."""
+    h = (src * 2246822519 + dst * 3266489917 + sport * 668265263 + dport * 374761393) >> 7
+    return lo + h % (hi - lo + 1)
+
+
 def shard_keys(pool: str, proto_name: str, shard: int) -> tuple[str, str]:
     tag = f"nfsteer:nat:{{{pool}:{proto_name}:{shard}}}"
     return f"{tag}:map", f"{tag}:exp"
@@ -177,7 +189,7 @@ class NAT(NetworkFunction):
         self.port_min, self.port_max = lo, hi
         self.shards = (hi - lo) // SHARD_PORTS + 1
         # Per protocol and shard: (keys, "o" op prefix, "i" op prefix).
-        self._ops: dict[int, list[tuple[tuple[str, str], str, str]]] = {}
+        self._ops: dict[int, list[tuple[tuple[str, str], str, str, int, int]]] = {}
         cfg: list[int] = []
         for j, proto in enumerate(PROTOS, 1):
             ttl = ms(getattr(settings, f"{PROTO_NAMES[proto]}_timeout"))
@@ -187,6 +199,8 @@ class NAT(NetworkFunction):
                     shard_keys(pool, PROTO_NAMES[proto], s),
                     f"o{j}{lo + s * SHARD_PORTS} {min(hi, lo + (s + 1) * SHARD_PORTS - 1)} ",
                     f"i{j}",
+                    lo + s * SHARD_PORTS,
+                    min(hi, lo + (s + 1) * SHARD_PORTS - 1),
                 )
                 for s in range(self.shards)
             ]
@@ -207,7 +221,7 @@ class NAT(NetworkFunction):
             port = pkt.dport
             if not self.port_min <= port <= self.port_max:
                 return "nat_no_mapping"
-            keys, _, prefix = self._ops[proto][(port - self.port_min) // SHARD_PORTS]
+            keys, _, prefix, _, _ = self._ops[proto][(port - self.port_min) // SHARD_PORTS]
             return keys, f"{prefix}{port} {remote}"
         if pkt.src in self.inside and pkt.dst not in self.inside:
             if proto == ICMP:
@@ -217,8 +231,9 @@ class NAT(NetworkFunction):
             else:
                 dport = pkt.dport
             shard = shard_of(pkt.src, pkt.sport, pkt.dst, dport, self.shards)
-            keys, prefix, _ = self._ops[proto][shard]
-            return keys, f"{prefix}{pkt.src_ip}:{pkt.sport}>{pkt.dst_ip}:{dport}"
+            keys, prefix, _, lo, hi = self._ops[proto][shard]
+            first = first_choice(pkt.src, pkt.sport, pkt.dst, dport, lo, hi)
+            return keys, f"{prefix}{first} {pkt.src_ip}:{pkt.sport}>{pkt.dst_ip}:{dport}"
         return None  # not translated traffic (inside to inside, or unrelated): forward
 
     def complete(self, frame: bytes, pkt: Packet, result: Result) -> bytes | str:

@@ -22,14 +22,14 @@ import socket
 import struct
 import threading
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Sequence
 from typing import Any
 
 from nf.base import NetworkFunction
 from nf.heartbeat import Heartbeat
 from nf.packet import NOT_STEERED, parse
-from nf.state import LocalStore, RedisStore, StoreUnavailable
+from nf.state import LocalStore, NotReplicated, RedisStore, StoreUnavailable
 
 log = logging.getLogger("nfsteer.nf")
 
@@ -51,6 +51,7 @@ class Counters:
         self.processed = 0  # steered frames the NF looked at
         self.sent = 0
         self.passed_fail_open = 0
+        self.held = 0  # frames held while the store was unreachable (hold_ms)
         self.dropped: Counter[str] = Counter()
         self.batches = 0
         self.batch_packets = 0
@@ -65,6 +66,7 @@ class Counters:
             "processed": self.processed,
             "sent": self.sent,
             "passed_fail_open": self.passed_fail_open,
+            "held": self.held,
             "dropped": dict(sorted(self.dropped.items())),
             "dropped_total": sum(self.dropped.values()),
             "batches": self.batches,
@@ -94,11 +96,21 @@ class Processor:
     """Batch processing without I/O: frames in, frames out. Used by the packet loop and
     directly by tests and benchmarks."""
 
+    HOLD_MAX_FRAMES = 4096
+    HOLD_BATCH = 256  # held frames given to one batch
+
     def __init__(self, nf: NetworkFunction, store: LocalStore | RedisStore, fail_open: bool):
         self.nf = nf
         self.store = store
         self.fail_open = fail_open or nf.fail_open
         self.counters = Counters()
+        # hold_ms: frames that need state while the store is unreachable wait (up to this
+        # long) and go out once it answers, instead of being dropped. A failover then costs
+        # its own duration, not the next TCP retransmission after it (RTOs double).
+        settings = getattr(nf, "settings", None)
+        self.hold_s = getattr(settings, "hold_ms", 0) / 1000
+        self.held: deque[tuple[float, bytes]] = deque()  # (deadline, frame), oldest first
+        self._retrying: dict[int, tuple[float, bytes]] = {}  # id(frame) -> its hold entry
 
     def process(self, frames: Sequence[bytes]) -> list[bytes]:
         """One batch, start to finish (one store round trip)."""
@@ -116,6 +128,8 @@ class Processor:
         something is pending."""
         c = self.counters
         nf = self.nf
+        if self.held:
+            frames = self._take_held() + list(frames)
         out: list[bytes] = []
         pending: list[tuple[bytes, Any]] = []
         ops = []
@@ -169,6 +183,9 @@ class Processor:
             results = self.store.collect(ticket)
         except StoreUnavailable:
             return self._unavailable(items)
+        except NotReplicated:  # output commit: held back even when failing open
+            self.counters.dropped["store_not_replicated"] += len(items)
+            return []
         nf = self.nf
         dropped = self.counters.dropped
         out = []
@@ -189,8 +206,32 @@ class Processor:
         if self.fail_open:
             self.counters.passed_fail_open += len(items)
             return [f for f, _ in items]
-        self.counters.dropped["store_unavailable"] += len(items)
+        if self.hold_s <= 0:
+            self.counters.dropped["store_unavailable"] += len(items)
+            return []
+        deadline = time.monotonic() + self.hold_s
+        held = self.held
+        for f, _ in items:
+            held.append(self._retrying.pop(id(f), (deadline, f)))  # keeps a frame's deadline
+        self.counters.held += len(items)
+        while len(held) > self.HOLD_MAX_FRAMES:
+            held.popleft()
+            self.counters.dropped["store_unavailable"] += 1
         return []
+
+    def _take_held(self) -> list[bytes]:
+        """Held frames for the next batch, oldest first; expired ones are dropped."""
+        now = time.monotonic()
+        held, out = self.held, []
+        self._retrying = {}
+        while held and len(out) < self.HOLD_BATCH:
+            entry = held.popleft()
+            if entry[0] < now:
+                self.counters.dropped["store_unavailable"] += 1
+                continue
+            out.append(entry[1])
+            self._retrying[id(entry[1])] = entry
+        return out
 
 
 def open_socket(interface: str, rcvbuf: int = 4 << 20) -> socket.socket:
@@ -199,6 +240,13 @@ def open_socket(interface: str, rcvbuf: int = 4 << 20) -> socket.socket:
     with contextlib.suppress(OSError):  # Linux >= 4.20; the packet type is checked anyway
         sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
     for opt in (33, socket.SO_RCVBUF):  # SO_RCVBUFFORCE (root) first, then the capped one
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
+            break
+        except OSError:
+            continue
+    # The same for sending: frames held through a store failover go out in one burst.
+    for opt in (32, socket.SO_SNDBUF):  # SO_SNDBUFFORCE (root) first
         try:
             sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
             break
@@ -281,7 +329,11 @@ class PacketLoop:
                     continue
                 frames.append(data)
             current = None
-            if frames:
+            if not frames and self.p.held and previous is None:
+                frames_ready, current = prepare([])  # held frames: try the store again
+                if frames_ready:
+                    self._send(frames_ready)
+            elif frames:
                 if beat and ride_along:
                     ready, current = prepare(frames, hb.command())
                     if current is not None:

@@ -44,8 +44,17 @@ LocalOp = Callable[[dict, Sequence[str], str, int, Sequence[int]], Result]
 Op = tuple[tuple[str, ...], str]  # (keys, code + argument)
 
 
+NOT_WRITABLE_REPLIES = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN")
+
+
 class StoreUnavailable(Exception):
     """The state store cannot be reached now; the batch was not (fully) applied."""
+
+
+class NotReplicated(Exception):
+    """Output commit: the batch was applied on the primary but fewer replicas than asked
+    confirmed it in time; its packets must not leave (a failover could lose the state they
+    depend on). Sending the batch again is harmless: every op is idempotent."""
 
 
 @dataclass(frozen=True)
@@ -163,11 +172,20 @@ class RedisStore:
     redis-py's generic packer costs more per argument than the NF's whole per-packet work,
     and its pipelines cannot leave a batch in flight while the next is prepared."""
 
-    MIN_BACKOFF_S = 0.05
-    MAX_BACKOFF_S = 1.0
+    # Back off after a failure, doubling up to a tenth of a second: a failover is over
+    # within one such step of the Sentinels naming the new primary (an attempt costs one
+    # question to a Sentinel and a connect).
+    MIN_BACKOFF_S = 0.02
+    MAX_BACKOFF_S = 0.1
 
-    def __init__(self, client: Any, scripts: Sequence[Script] = ()):
+    def __init__(
+        self, client: Any, scripts: Sequence[Script] = (), sync: tuple[int, int] | None = None
+    ):
         self.client = client
+        # Output commit: (replicas, timeout ms) for a WAIT sent behind every batch.
+        self.sync = sync
+        self._wait = pack(["WAIT", sync[0], sync[1]]) if sync else b""
+        self.not_replicated = 0
         self._conn: Any = None
         self._generation = 0  # tickets of batches sent on an older connection are void
         self._sha: dict[str, str] = {}
@@ -182,7 +200,16 @@ class RedisStore:
 
     def _connection(self) -> Any:
         if self._conn is None:
-            self._conn = self.client.connection_pool.make_connection()
+            # Taken from the client's pool (and given back when dropped) so that the pool's
+            # count stays right; get_connection() also connects the way the pool means to
+            # (a Sentinel-managed connection asks the Sentinels for the primary first).
+            pool = self.client.connection_pool
+            conn = pool.get_connection()
+            self._conn = conn
+            if self.sync:  # a reply may take the WAIT's own timeout on top
+                conn.socket_timeout = (conn.socket_timeout or 0) + self.sync[1] / 1000
+                conn.disconnect()
+                conn.connect()
             self._sha.clear()
             self._generation += 1
         return self._conn
@@ -230,6 +257,8 @@ class RedisStore:
             packed = pack_batch(sha, cfg, ops)
             if extra:
                 packed = pack(extra) + packed
+            if self._wait:  # same write, same connection: WAIT cannot run in a script
+                packed += self._wait
             conn.send_packed_command([packed], check_health=False)
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
@@ -243,12 +272,18 @@ class RedisStore:
         generation, extra = ticket
         if generation != self._generation or self._conn is None:
             raise StoreUnavailable(self.last_error)  # its connection is gone
+        acked = None
         try:
             if extra:
                 self._extra_reply()
-            res = self._conn.read_response()
+            try:
+                res = self._conn.read_response()
+            finally:
+                if self._wait:  # read even after an error reply: keeps replies in step
+                    acked = self._conn.read_response()
         except redis.exceptions.NoScriptError as e:
-            # The store lost its scripts (restart, SCRIPT FLUSH): load again next batch.
+            # The store lost its scripts (restart, SCRIPT FLUSH): nothing of the batch ran;
+            # load again next batch.
             self._sha.clear()
             self.errors += 1
             raise StoreUnavailable(str(e)) from None
@@ -259,6 +294,9 @@ class RedisStore:
             self._failed(e)
             raise StoreUnavailable(self.last_error) from None
         self._reachable()
+        if acked is not None and acked < self.sync[0]:  # type: ignore[index]
+            self.not_replicated += 1
+            raise NotReplicated(f"{acked} of {self.sync[0]} replicas confirmed")  # type: ignore[index]
         return res.decode().split("\n")
 
     def _extra_reply(self) -> None:
@@ -300,12 +338,18 @@ class RedisStore:
         if self._conn is not None:
             with contextlib.suppress(Exception):
                 self._conn.disconnect()
+                self.client.connection_pool.release(self._conn)
             self._conn = None
 
     def _failed(self, e: Exception) -> None:
         import redis
 
-        if not isinstance(e, redis.exceptions.ResponseError):
+        # A connection error, or a reply saying this node cannot take writes now (it lost
+        # its replicas, or is no primary any more): drop the connection, so that the next
+        # one asks the Sentinels again. Other error replies leave it up.
+        if not isinstance(e, redis.exceptions.ResponseError) or str(e).startswith(
+            NOT_WRITABLE_REPLIES
+        ):
             self._drop_connection()
         self.errors += 1
         self.last_error = f"{type(e).__name__}: {e}"
@@ -426,12 +470,19 @@ def group_by_slot(ops: Sequence[Op]) -> list[list[int]]:
     return list(groups.values())
 
 
-def redis_store(client: Any, scripts: Sequence[Script] = ()) -> RedisStore:
-    """The store for a client made by :func:`redis_client`: per-slot batches on a cluster."""
+def redis_store(
+    client: Any, scripts: Sequence[Script] = (), sync: tuple[int, int] | None = None
+) -> RedisStore:
+    """The store for a client made by :func:`redis_client`: per-slot batches on a cluster.
+    ``sync`` (replicas, timeout ms) turns on output commit; a cluster has no one primary
+    to WAIT on, so it is refused there (ValueError)."""
     from redis.cluster import RedisCluster
 
-    cls = ClusterStore if isinstance(client, RedisCluster) else RedisStore
-    return cls(client, scripts)
+    if isinstance(client, RedisCluster):
+        if sync:
+            raise ValueError("store_sync needs one primary (redis:// or redis+sentinel://)")
+        return ClusterStore(client, scripts)
+    return RedisStore(client, scripts, sync)
 
 
 def pack(args: Sequence[Any]) -> bytes:
@@ -461,32 +512,25 @@ def pack_batch(sha: str, cfg: Sequence[Any], ops: Sequence[Op]) -> bytes:
     ).encode()
 
 
-CLUSTER_SCHEMES = {"redis+cluster": "redis", "rediss+cluster": "rediss"}
-
-
-def redis_client(url: str, timeout_s: float = 0.25) -> Any:
-    """The one redis-py client of an NF process: short socket timeouts (a packet loop must
-    not hang on a dead store), one quick retry with backoff inside redis-py, and our own
-    backoff above it (RedisStore). A ``redis+cluster://`` (or ``rediss+cluster://``) URL
-    names any node of a Redis Cluster: the client discovers the others."""
+def redis_client(url: str, timeout_s: float = 0.05) -> Any:
+    """The one redis-py client of an NF process (see ``controller/storeurl.py`` for the
+    URLs: one server, ``redis+sentinel://`` or ``redis+cluster://``). Timeouts are tens of
+    milliseconds: a packet loop must not hang on a dead or stopped store — a batch takes
+    well under a millisecond — and after a failover the next connection asks the Sentinels
+    for the new primary. One quick retry with backoff inside redis-py, and our own backoff
+    above it (RedisStore)."""
     import redis
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    scheme, sep, rest = url.partition("://")
-    common = {
-        "socket_timeout": timeout_s,
-        "socket_connect_timeout": timeout_s,
-        "retry": Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
-        "client_name": "nfsteer-nf",
-    }
-    if sep and scheme in CLUSTER_SCHEMES:
-        from redis.cluster import RedisCluster
+    from controller.storeurl import make_client
 
-        return RedisCluster.from_url(f"{CLUSTER_SCHEMES[scheme]}://{rest}", **common)
-    return redis.Redis.from_url(
+    return make_client(
         url,
+        socket_timeout=timeout_s,
+        socket_connect_timeout=timeout_s,
+        retry=Retry(ExponentialBackoff(cap=0.05, base=0.005), 1),
+        client_name="nfsteer-nf",
         retry_on_error=[redis.exceptions.ConnectionError, redis.exceptions.TimeoutError],
         health_check_interval=0,
-        **common,
     )

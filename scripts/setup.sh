@@ -4,7 +4,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-DEB_PACKAGES=(openvswitch-switch mininet redis-server python3-venv python3-dev ethtool
+DEB_PACKAGES=(openvswitch-switch mininet redis-server redis-sentinel python3-venv python3-dev ethtool
               iproute2 iputils-ping procps psmisc)
 # Tools the operators' kit is checked with: systemd-analyze (unit files), promtool (alert
 # rules), tmux (the `nfsteer top` test). Installed without recommends: prometheus alone

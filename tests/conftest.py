@@ -14,6 +14,7 @@ import time
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -79,6 +80,21 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server.start()
     yield server
     server.stop()
+
+
+@pytest.fixture
+def replicated_store(tmp_path: Path) -> Iterator[Any]:
+    """A real replicated store (``nfsteer store up``: 1 primary, 2 replicas, 3 Sentinels)
+    on free loopback ports; see tests/store_support.py."""
+    from store_support import ReplicatedStore
+
+    require(shutil.which("redis-server") is not None, "redis-server")
+    store = ReplicatedStore(tmp_path / "store")
+    store.up()
+    try:
+        yield store
+    finally:
+        store.down()
 
 
 def ovs_running() -> bool:

@@ -24,7 +24,7 @@ import yaml
 from conftest import REPO, free_port, unique_name
 from ovs_support import Bridge, vsctl, wait_for
 
-from controller.config import load_topology
+from contract.topology import load_topology
 
 pytestmark = [pytest.mark.ovs, pytest.mark.redis, pytest.mark.timeout(180)]
 

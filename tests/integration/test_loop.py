@@ -25,9 +25,9 @@ import yaml
 from conftest import REPO, free_port, unique_name
 from ovs_support import Bridge, ofctl, wait_for
 
+from contract.topology import load_topology
 from controller import flows as fl
 from controller import ofmsg
-from controller.config import load_topology
 from controller.launcher import start_in_thread
 from controller.options import Options
 from controller.service import services_of

@@ -47,7 +47,8 @@ def test_policy_for_new_connections(fw):
     assert fw.counters.dropped["fw_denied"] == 3
 
 
-def test_packets_must_fit_the_connection_state(fw):
+def test_packets_must_fit_the_connection_state(redis_server):
+    fw = processor("firewall", redis_server.url, pickup="off")
     # No connection: mid-stream packets from either side are dropped.
     assert one(fw, tcp(C, S, 40000, 80, "A")) is None
     assert one(fw, tcp(S, C, 80, 40000, "PA", b"x")) is None
@@ -121,7 +122,8 @@ def test_established_traffic_keeps_the_connection_alive(redis_server, state):
     if url:
         assert r.get(key) != written and r.pttl(key) > 700
     time.sleep(1.1)
-    assert one(p, tcp(C, S, 40000, 80, "PA", b"x")) is None
+    # Expired: the server's next segment is dropped (only the inside may pick it up).
+    assert one(p, tcp(S, C, 80, 40000, "PA", b"x")) is None
 
 
 def test_second_instance_carries_on_with_redis(redis_server):
@@ -155,3 +157,24 @@ def test_racing_instances_agree_on_one_batch(redis_server):
     out = p.process([tcp(C, S, 42000, 80, "S"), tcp(S, C, 80, 42000, "SA"), tcp(C, S, 42000, 80)])
     assert len(out) == 3
     assert p.store.round_trips == 2  # script load + the one batch
+
+
+@pytest.mark.parametrize("state", ["redis", "local"])
+def test_lost_entries_are_picked_up_from_the_inside_only(redis_server, state):
+    """Mid-stream pickup: after the store lost everything, the inside's next segment
+    re-creates the connection as established; the outside's is dropped until then, and a
+    connection the rules would refuse is never picked up."""
+    url = redis_server.url if state == "redis" else None
+    p = processor("firewall", url)
+    handshake(p)
+    if url:
+        redis.Redis.from_url(url).flushall()
+    else:
+        p.store.data.clear()
+    assert one(p, tcp(S, C, 80, 40000, "PA", b"x")) is None  # outside first: dropped
+    assert one(p, tcp(C, S, 40000, 80, "PA", b"y")) is not None  # inside: picked up
+    assert one(p, tcp(S, C, 80, 40000, "PA", b"x")) is not None  # and replies pass again
+    assert one(p, tcp(C, S, 40000, 80, "FA")) is not None
+    assert one(p, tcp(C, S, 40001, 23, "A")) is None  # the rules deny telnet
+    assert one(p, tcp(C, S, 40002, 80, "R")) is None  # no pickup of a bare RST
+    assert p.counters.dropped == {"fw_no_connection": 3}

@@ -49,10 +49,24 @@ def test_replies_come_from_the_vip(lb):
     assert (back[IP].src, back[UDP].sport) == (VIP, 53) and checksums_ok(bytes(back))
 
 
-def test_mid_connection_packets_without_state_are_dropped(lb):
-    assert one(lb, tcp(CL, VIP, 30001, 80, "A")) is None
-    assert one(lb, tcp(B1[0], CL, B1[1], 30001, "A")) is None
-    assert lb.counters.dropped == {"lb_no_connection": 1, "lb_no_reverse_mapping": 1}
+def test_lost_entries_come_back_to_the_same_backend(lb):
+    """The consistent fallback: the backend of a connection is a function of the client
+    endpoint, so a lost entry is re-created with the same backend, from either side."""
+    chosen = {i: backend_of(one(lb, tcp(CL, VIP, 30100 + i, 80, "S"))) for i in range(40)}
+    if hasattr(lb.store, "data"):
+        lb.store.data.clear()
+    else:
+        lb.store.command(["FLUSHALL"])
+    for i in range(0, 40, 2):  # the client speaks first
+        assert backend_of(one(lb, tcp(CL, VIP, 30100 + i, 80, "PA", b"x"))) == chosen[i]
+    for i in range(1, 40, 2):  # the backend speaks first: its reply is translated back
+        be = chosen[i]
+        wrong = B2 if be == B1 else B1
+        assert one(lb, tcp(wrong[0], CL, wrong[1], 30100 + i, "PA", b"y")) is None
+        reply = Ether(one(lb, tcp(be[0], CL, be[1], 30100 + i, "PA", b"y")))
+        assert (reply[IP].src, reply[TCP].sport) == (VIP, 80)
+        assert backend_of(one(lb, tcp(CL, VIP, 30100 + i, 80, "A"))) == be
+    assert lb.counters.dropped == {"lb_no_reverse_mapping": 20}
     other = tcp(CL, "10.0.0.200", 1, 2, "S")  # not for a VIP: forwarded unchanged
     assert one(lb, other) == other
 
@@ -68,13 +82,13 @@ def test_second_instance_keeps_the_backend_with_redis(redis_server):
         assert (reply[IP].src, reply[TCP].sport) == (VIP, 80)
 
 
-def test_second_instance_loses_the_connection_with_local_state():
+def test_second_instance_with_local_state_picks_the_consistent_backend():
+    """Even without shared state, instances agree while the backend set is unchanged."""
     a = processor("lb", None)
     b = processor("lb", None)
     for i in range(40):
-        one(a, tcp(CL, VIP, 31000 + i, 80, "S"))
-    assert [one(b, tcp(CL, VIP, 31000 + i, 80, "A")) for i in range(40)] == [None] * 40
-    assert b.counters.dropped == {"lb_no_connection": 40}
+        sent = backend_of(one(a, tcp(CL, VIP, 31000 + i, 80, "S")))
+        assert backend_of(one(b, tcp(CL, VIP, 31000 + i, 80, "A"))) == sent
 
 
 def test_racing_syns_on_two_instances_agree(redis_server):

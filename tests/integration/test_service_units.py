@@ -251,7 +251,7 @@ def test_the_units_command_lines_start_a_controller_and_an_nf(root, redis_server
     import yaml
     from nf_support import FW, veth_pair, write_topology
 
-    from controller import keys
+    from contract import keys
 
     require(os.geteuid() == 0 and shutil.which("ip") is not None, "root and iproute2")
     etc = root / "etc" / "nfsteer"

@@ -27,8 +27,8 @@ from conftest import free_port, require, unique_name
 from ofpeer_support import RawPeer, header, hello, thread_count, wait_threads
 from ovs_support import Bridge, vsctl, wait_for
 
+from contract.topology import load_topology
 from controller import flows as fl
-from controller.config import load_topology
 from controller.launcher import start_in_thread
 from controller.oftls import TlsFiles
 from controller.options import Options

@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from contract.topology import parse_topology
 from controller import flows as fl
-from controller.config import parse_topology
 from controller.pipeline import PIPELINE, group_violations, violations
 from controller.state import InstanceState, Steering
 from controller.topology import compute_routes

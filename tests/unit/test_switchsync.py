@@ -13,9 +13,9 @@ from pathlib import Path
 
 from fakeofp import FakeOFSwitch
 
+from contract.topology import load_topology
 from controller import flows as fl
 from controller import ofmsg
-from controller.config import load_topology
 from controller.state import InstanceState, Steering
 from controller.switchsync import BARRIER_TIMEOUT_S, READBACK_TIMEOUT_S, Phase, SwitchSync
 from controller.topology import compute_routes
