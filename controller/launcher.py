@@ -273,8 +273,8 @@ def check_store(url: str) -> None:
     2). A store that is merely down is not an error: the controller runs from the topology
     until it is back."""
     from contract.errors import UsageError
+    from contract.storeurl import StoreURLError, check_reachable, close_client
     from controller.store import connect
-    from controller.storeurl import StoreURLError, check_reachable, close_client
 
     client = connect(url)
     try:

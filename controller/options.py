@@ -79,7 +79,7 @@ class Options:
                 f"log level must be one of {', '.join(LOG_LEVELS)}, not {self.log_level!r}"
             )
         if self.redis_url is not None:
-            from controller.storeurl import StoreURLError, check_url
+            from contract.storeurl import StoreURLError, check_url
 
             try:
                 check_url(self.redis_url)

@@ -83,7 +83,7 @@ def connect(url: str) -> redis.Redis:
     """The controller's one Redis client (URL may carry a password or ACL user): one
     server, a Sentinel-managed primary (``redis+sentinel://``) or a Redis Cluster
     (``redis+cluster://``; every key of a pool shares the pool's hash tag)."""
-    from controller.storeurl import make_client
+    from contract.storeurl import make_client
 
     return make_client(
         url,
@@ -586,6 +586,6 @@ class Store:
         return bool(self.call(lambda r: self._retire(keys=[keys.instance(pool, name)], client=r)))
 
     def close(self) -> None:
-        from controller.storeurl import close_client
+        from contract.storeurl import close_client
 
         close_client(self.client)

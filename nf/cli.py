@@ -134,7 +134,7 @@ def run(args: argparse.Namespace) -> int:
     logs.bind(pool=args.pool, instance=name)  # on every line of this process
     log = logging.getLogger("nfsteer.nf")
 
-    from controller.storeurl import StoreURLError, check_reachable
+    from contract.storeurl import StoreURLError, check_reachable
     from nf.instance import Instance, build_nf
     from nf.registration import Identity, Registration
     from nf.runtime import PacketLoop, Processor, interface_addresses, open_socket

@@ -523,7 +523,7 @@ def redis_client(url: str, timeout_s: float = 0.05) -> Any:
     from redis.backoff import ExponentialBackoff
     from redis.retry import Retry
 
-    from controller.storeurl import make_client
+    from contract.storeurl import make_client
 
     return make_client(
         url,
