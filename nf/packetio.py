@@ -81,7 +81,7 @@ def join_fanout(sock: socket.socket, group: int) -> None:
     """Join ``sock`` to hash fanout group ``group`` (0..65535) of its interface. Raises
     OSError when the group exists with other settings or on another interface."""
     arg = group | ((PACKET_FANOUT_HASH | PACKET_FANOUT_FLAG_DEFRAG) << 16)
-    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, arg)
+    sock.setsockopt(SOL_PACKET, PACKET_FANOUT, struct.pack("I", arg))
 
 
 def interface_gone(interface: str, ifindex: int) -> bool:
