@@ -45,6 +45,7 @@ import shutil
 import signal
 import socket
 import statistics
+import struct
 import subprocess
 import sys
 import tempfile
@@ -80,9 +81,20 @@ SETTINGS = {
 }
 # (mode, state store, max batch): local and batched Redis read the same batches.
 MODES = [("local", "local", 64), ("unbatched", "redis", 1), ("batched", "redis", 64)]
+# Further modes (--modes): batched Redis state with one thing changed. "w2" runs two worker
+# processes and is not pinned (both CPUs, shared with the generator and redis-server).
+EXTRA_MODES = {
+    "socket": ("redis", 64, ["--rx", "socket"]),  # recvfrom per frame, no receive ring
+    "inflight2": ("redis", 64, ["--in-flight", "2"]),  # two store batches in flight
+    "w2": ("redis", 64, ["--workers", "2"]),
+}
+UNPINNED_MODES = {"w2"}
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 STATS_INTERVAL_S = 0.1  # how fresh an idle NF's counters are; the write costs ~0.1 % CPU
 QUIET_BUSY = 0.15  # machine busy share (all CPUs) below which it counts as quiet
+LOW_RATE_PPS = 1000  # "low load" for the paced latency figure
+HIGH_LOAD = 0.8  # and the share of capacity for the loaded one
+SEQ_OFFSET = 38  # TCP sequence number: the paced sender's frame index
 
 
 def frame(src, dst, sport, dport, flags, size, src_mac=C_MAC, dst_mac=S_MAC) -> bytes:
@@ -119,6 +131,17 @@ def sh(*cmd: str) -> None:
 
 
 # -- CPU accounting and the machine's quiet ------------------------------------------------
+
+
+def tree_cpu_s(pid: int) -> float:
+    """CPU seconds of a process and all its descendants (an instance's workers)."""
+    total = proc_cpu_s(pid)
+    with contextlib.suppress(OSError):
+        for tid in os.listdir(f"/proc/{pid}/task"):
+            with contextlib.suppress(OSError), open(f"/proc/{pid}/task/{tid}/children") as f:
+                for child in f.read().split():
+                    total += tree_cpu_s(int(child))
+    return total
 
 
 def proc_cpu_s(pid: int) -> float:
@@ -173,7 +196,8 @@ def busy_share(seconds: float = 2.0) -> float:
 
 
 def wait_quiet(max_wait_s: float, say) -> dict:
-    """Wait until nothing else runs: other people share this machine."""
+    """Wait until nothing else runs (other people share this machine), for at most
+    ``max_wait_s``: on a machine that stays busy, measure anyway and say how busy it was."""
     start = time.monotonic()
     while True:
         others, busy = others_running(), busy_share()
@@ -189,8 +213,9 @@ def wait_quiet(max_wait_s: float, say) -> dict:
                 "others": others,
             }
         what = f"{len(others)} other process(es)" if others else f"{100 * busy:.0f} % busy"
-        say(f"waiting for a quiet machine ({what}, load {loadavg()}); next check in 20 s")
-        time.sleep(20)
+        pause = min(20.0, max(0.0, max_wait_s - waited))
+        say(f"waiting for a quiet machine ({what}, load {loadavg()}); next check in {pause:.0f} s")
+        time.sleep(pause)
 
 
 def us_per(packets: int, cpu_s: float) -> float | None:
@@ -208,9 +233,11 @@ def pin(cpu: int | None):
 
 
 class Lane:
-    def __init__(self, bench: Bench, kind: str, mode: str, state: str, batch: int):
+    def __init__(
+        self, bench: Bench, kind: str, mode: str, state: str, batch: int, extra: list[str]
+    ):
         self.bench, self.kind, self.mode = bench, kind, mode
-        self.state, self.batch = state, batch
+        self.state, self.batch, self.extra = state, batch, extra
         tag = f"{bench.tag}{mode[0]}"
         self.gen_if, self.nf_if = f"nb{tag}g", f"nb{tag}n"
         self.pool = pool_name(kind, mode)
@@ -219,6 +246,8 @@ class Lane:
         self.sock: socket.socket | None = None
         self.made = False
         self.cursor = 0  # the next data frame to send
+        # Workers report to the parent every 0.1 s: its summed counters lag by that much.
+        self.lag_s = 0.3 if "--workers" in extra else 0.0
 
     def open(self, topo: Path) -> None:
         sh("ip", "link", "add", self.gen_if, "type", "veth", "peer", "name", self.nf_if)
@@ -237,8 +266,9 @@ class Lane:
              "--name", f"nb-{self.mode[0]}", "--config", str(topo), "--state", self.state,
              "--redis", url, "--batch", str(self.batch), "--stats-file", str(self.stats),
              "--stats-interval", str(STATS_INTERVAL_S), "--drain-grace", "0",
-             "--log-level", "WARNING"],
-            stdout=subprocess.DEVNULL, preexec_fn=pin(self.bench.nf_cpu),
+             "--log-level", "WARNING", *self.extra],
+            stdout=subprocess.DEVNULL,
+            preexec_fn=pin(None if self.mode in UNPINNED_MODES else self.bench.nf_cpu),
         )  # fmt: skip
 
     def wait_started(self, deadline: float) -> None:
@@ -291,7 +321,7 @@ class Lane:
         sock, n, start = self.sock, len(data), self.cursor
         received = inflight = 0
         i = start
-        nf0, redis0 = proc_cpu_s(self.proc.pid), proc_cpu_s(self.bench.redis.pid)
+        nf0, redis0 = tree_cpu_s(self.proc.pid), proc_cpu_s(self.bench.redis.pid)
         t0 = last_rx = time.perf_counter()
         t_end = t0 + duration
         while True:
@@ -329,7 +359,7 @@ class Lane:
         return {
             "received": received,
             "elapsed": elapsed,
-            "nf_cpu": proc_cpu_s(self.proc.pid) - nf0,
+            "nf_cpu": tree_cpu_s(self.proc.pid) - nf0,
             "redis_cpu": proc_cpu_s(self.bench.redis.pid) - redis0,
         }
 
@@ -343,10 +373,65 @@ class Lane:
                 self.drain()
         return samples
 
+    def paced(self, data: list[bytes], rate: float, duration: float) -> dict:
+        """Open-loop traffic at ``rate`` frames/s for ``duration`` s: each frame carries its
+        index in the TCP sequence number; latency is send -> the processed frame back. The
+        generator sends what is due, then reads what came back (one thread: at high rates
+        a returning frame may wait for a few sends, which counts against the NF)."""
+        sock, n = self.sock, len(data)
+        bufs = [bytearray(f) for f in data]
+        put, get = struct.Struct("!I").pack_into, struct.Struct("!I").unpack_from
+        sent_at: dict[int, float] = {}
+        lat: list[float] = []
+        period = 1.0 / rate
+        clock = time.perf_counter
+        t0 = next_t = clock()
+        end = t0 + duration
+        i = 0
+        while True:
+            now = clock()
+            if now >= end:
+                break
+            while next_t <= now:
+                b = bufs[i % n]
+                put(b, SEQ_OFFSET, i & 0xFFFFFFFF)
+                try:
+                    sock.send(b)
+                except BlockingIOError:
+                    break
+                sent_at[i & 0xFFFFFFFF] = clock()
+                i += 1
+                next_t += period
+            while True:
+                try:
+                    d = sock.recv(65535)
+                except BlockingIOError:
+                    break
+                if len(d) >= SEQ_OFFSET + 4:
+                    t = sent_at.pop(get(d, SEQ_OFFSET)[0], None)
+                    if t is not None:
+                        lat.append((clock() - t) * 1e6)
+            wait = next_t - clock()
+            if wait > 0.0001:
+                select.select([sock], [], [], min(wait, 0.001))
+        elapsed = clock() - t0
+        deadline = clock() + 0.05
+        while sent_at and clock() < deadline:
+            if select.select([sock], [], [], 0.01)[0]:
+                with contextlib.suppress(BlockingIOError):
+                    while True:
+                        d = sock.recv(65535)
+                        if len(d) >= SEQ_OFFSET + 4:
+                            t = sent_at.pop(get(d, SEQ_OFFSET)[0], None)
+                            if t is not None:
+                                lat.append((clock() - t) * 1e6)
+        return {"rate": i / elapsed, "samples": lat, "lost": len(sent_at)}
+
     def counters(self, asked: float) -> dict:
         """The NF's counters as written after ``asked`` (time.time()): with the NF idle
         since then, they cover every frame sent before."""
-        deadline = time.monotonic() + 3
+        asked += self.lag_s
+        deadline = time.monotonic() + 3 + self.lag_s
         while True:
             with contextlib.suppress(OSError, ValueError):
                 stats = json.loads(self.stats.read_text())
@@ -420,16 +505,23 @@ class Bench:
     def open_lanes(self, kind: str) -> list[Lane]:
         subprocess.run(["redis-cli", "-p", str(self.port), "flushall"], capture_output=True)
         topo = self.tmp / f"{kind}.yaml"
-        pools = {pool_name(kind, m): {"kind": kind, "nf": SETTINGS[kind]} for m, _, _ in MODES}
+        modes = self.modes()
+        pools = {pool_name(kind, m): {"kind": kind, "nf": SETTINGS[kind]} for m, _, _, _ in modes}
         doc = {"name": "bench", "switches": {"s1": {"dpid": 1}}, "pools": pools}
         topo.write_text(yaml.safe_dump(doc))
-        self.lanes = [Lane(self, kind, m, s, b) for m, s, b in MODES]
+        self.lanes = [Lane(self, kind, m, s, b, x) for m, s, b, x in modes]
         for lane in self.lanes:
             lane.open(topo)
         deadline = time.monotonic() + 20
         for lane in self.lanes:
             lane.wait_started(deadline)
         return self.lanes
+
+    def modes(self) -> list[tuple[str, str, int, list[str]]]:
+        """(mode, state store, max batch, extra arguments) of every mode this run measures."""
+        base = {m: (m, s, b, []) for m, s, b in MODES}
+        base.update({m: (m, *v) for m, v in EXTRA_MODES.items()})
+        return [base[m] for m in self.args.modes.split(",")]
 
     def snapshot(self) -> dict:
         asked = time.time()
@@ -511,9 +603,45 @@ class Bench:
                             f"{one['redis_us_per_pkt'] or 0:5.2f} us/pkt  "
                             f"batch {one['batch_mean']:5.1f}"
                         )
+            loaded = self.paced_latency(kind, data, runs, say)
         finally:
             self.close_lanes()
-        return [summarise(kind, size, mode, runs) for size in sizes for mode, _, _ in MODES]
+        out = []
+        for size in sizes:
+            for mode, _, _, _ in self.modes():
+                one = summarise(kind, size, mode, runs)
+                one.update(loaded.get((size, mode), {}))
+                out.append(one)
+        return out
+
+    def paced_latency(self, kind: str, data: dict, runs: dict, say) -> dict:
+        """p50/p99 latency with open-loop traffic at LOW_RATE_PPS and at HIGH_LOAD of what
+        the lane carried (the lower of its capacity per core and its observed pps)."""
+        out = {}
+        d = self.args.paced_duration
+        for size, frames in data.items():
+            for lane in self.lanes:
+                rounds = runs[(size, lane.mode)]
+                cap = statistics.median(
+                    min(r["capacity_pps"] or r["pps"], r["pps"]) for r in rounds
+                )
+                figures = {}
+                for label, rate in (("low", LOW_RATE_PPS), ("loaded", HIGH_LOAD * cap)):
+                    lane.drain()
+                    p = lane.paced(frames, rate, d)
+                    figures[f"{label}_rate"] = round(p["rate"])
+                    figures[f"{label}_target"] = round(rate)
+                    figures[f"{label}_p50_us"] = percentile(p["samples"], 50)
+                    figures[f"{label}_p99_us"] = percentile(p["samples"], 99)
+                    figures[f"{label}_lost"] = p["lost"]
+                say(
+                    f"  {kind:8} {size:5} B {lane.mode:9} paced: {LOW_RATE_PPS} pps p50/p99 "
+                    f"{figures['low_p50_us']}/{figures['low_p99_us']} us; "
+                    f"{figures['loaded_rate']} pps (target {figures['loaded_target']}) "
+                    f"p50/p99 {figures['loaded_p50_us']}/{figures['loaded_p99_us']} us"
+                )
+                out[(size, lane.mode)] = figures
+        return out
 
 
 # -- figures --------------------------------------------------------------------------------
@@ -538,7 +666,7 @@ def percentile(samples: list[float], q: int) -> float | None:
 
 def summarise(kind: str, size: int, mode: str, runs: dict) -> dict:
     mine = runs[(size, mode)]
-    local = {r["round"]: r for r in runs[(size, "local")]}
+    local = {r["round"]: r for r in runs.get((size, "local"), mine)}
     lat = [x for r in mine for x in r["latency_us"]]
     paired = [
         r["capacity_pps"] / local[r["round"]]["capacity_pps"]
@@ -605,6 +733,44 @@ def table(results: list[dict]) -> list[str]:
     return lines
 
 
+def paced_table(results: list[dict]) -> list[str]:
+    lines = [
+        f"| NF | frame | state | p50 / p99 µs at {LOW_RATE_PPS} pps | {HIGH_LOAD:.0%} of capacity:"
+        " target / sent pps | p50 / p99 µs there | lost |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    for r in results:
+        if "low_p50_us" not in r:
+            continue
+        lines.append(
+            f"| {r['kind']} | {r['size']} B | {r['mode']} | {r['low_p50_us']} / {r['low_p99_us']}"
+            f" | {r['loaded_target']:,} / {r['loaded_rate']:,} | {r['loaded_p50_us']} / "
+            f"{r['loaded_p99_us']} | {r['low_lost'] + r['loaded_lost']} |"
+        )
+    return lines
+
+
+def workers_table(results: list[dict]) -> list[str]:
+    """Workers 1 (the batched lane, one CPU) and 2 (w2, both CPUs) side by side."""
+    by = {(r["kind"], r["size"], r["mode"]): r for r in results}
+    lines = [
+        "| NF | frame | observed pps: 1 worker / 2 workers | capacity per core: 1 / 2 workers "
+        "| 2 / 1 per core |",
+        "|---|---|---|---|---|",
+    ]
+    for (kind, size, mode), r2 in by.items():
+        r1 = by.get((kind, size, "batched"))
+        if mode != "w2" or r1 is None:
+            continue
+        c1, c2 = r1["capacity_pps"]["median"], r2["capacity_pps"]["median"]
+        ratio = f"{c2 / c1:.2f}" if c1 and c2 else "-"
+        lines.append(
+            f"| {kind} | {size} B | {fmt(r1['pps'], spread=False)} / {fmt(r2['pps'], spread=False)}"
+            f" | {fmt(r1['capacity_pps'])} / {fmt(r2['capacity_pps'])} | {ratio} |"
+        )
+    return lines
+
+
 def headline(results: list[dict]) -> list[str]:
     lines = [
         "| NF | frame | batched / local, capacity per core | >= 0.8? | unbatched / local "
@@ -652,8 +818,18 @@ def main() -> int:
     ap.add_argument("--flows", type=int, default=256)
     ap.add_argument("--kinds", default="firewall,nat,lb")
     ap.add_argument("--sizes", default="64,1400")
-    ap.add_argument("--wait-quiet", type=float, default=600, metavar="S",
-                    help="longest wait for a quiet machine (0: do not wait)")  # fmt: skip
+    ap.add_argument("--wait-quiet", type=float, default=60, metavar="S",
+                    help="longest wait for a quiet machine (0: do not wait); the load is "
+                    "reported either way")  # fmt: skip
+    ap.add_argument(
+        "--modes",
+        default="local,unbatched,batched",
+        help="comma-separated: local, unbatched, batched, socket (recvfrom per "
+        "frame), inflight2 (two batches in flight), w2 (two workers, unpinned)",
+    )
+    ap.add_argument("--paced-duration", type=float, default=0.5, metavar="S",
+                    help=f"seconds of paced traffic for latency at {LOW_RATE_PPS} pps and "
+                    f"at {HIGH_LOAD:.0%} of capacity")  # fmt: skip
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -667,6 +843,11 @@ def main() -> int:
     bad = [k for k in kinds if k not in SETTINGS]
     if bad:
         print(f"bench/nf.py: unknown NF kind(s): {', '.join(bad)}", file=sys.stderr)
+        return 2
+    known = {m for m, _, _ in MODES} | set(EXTRA_MODES)
+    bad = [m for m in args.modes.split(",") if m not in known]
+    if bad:
+        print(f"bench/nf.py: unknown mode(s): {', '.join(bad)}", file=sys.stderr)
         return 2
     if min(args.rounds, args.latency_count) < 1 or min(args.duration, args.slice) <= 0:
         print(
@@ -683,7 +864,7 @@ def main() -> int:
 
     started = time.monotonic()
     load_before = loadavg()
-    quiet = wait_quiet(args.wait_quiet, say) if args.wait_quiet > 0 else {"quiet": None}
+    quiet = wait_quiet(max(0.0, args.wait_quiet), say)
     load_start = loadavg()
     results: list[dict] = []
     with Bench(args) as b:
@@ -705,8 +886,10 @@ def main() -> int:
         f"Pinning: {pinning}."
     )
     print(
-        f"Load average at start {load_start}, at end {load_end}; waited {quiet.get('waited_s', 0)}"
-        f" s for quiet; CPU outside the bench's processes (median per run, % of one CPU): "
+        f"Load average at start {load_start}, at end {load_end}; waited {quiet['waited_s']} s "
+        f"for quiet (quiet: {quiet['quiet']}, machine {quiet['busy_pct']} % busy, "
+        f"{len(quiet['others'])} other test/nfsteer processes); CPU outside the bench's "
+        f"processes (median per run, % of one CPU): "
         f"{min(outside):.1f}-{max(outside):.1f}; steal <= {max(steal):.1f} %."
     )
     print()
@@ -715,6 +898,13 @@ def main() -> int:
     print()
     for line in headline(results):
         print(line)
+    print()
+    for line in paced_table(results):
+        print(line)
+    if any(r["mode"] == "w2" for r in results):
+        print()
+        for line in workers_table(results):
+            print(line)
     parser = parser_cost()
     print(f"\nparser: {parser['parse_us']} us/frame (scapy: {parser['scapy_parse_us']} us/frame)")
     print(f"runtime: {time.monotonic() - started:.0f} s")
