@@ -164,22 +164,15 @@ def parse_full(frame: bytes) -> Packet | str:
     )
 
 
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def _adjust(csum: int, old: int, new: int) -> int:
-    """RFC 1624 incremental update of a ones'-complement checksum for a change of a 32-bit
-    (or 16-bit) value: HC' = ~(~HC + ~m + m')."""
-    s = (~csum & 0xFFFF) + (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
-    return ~_fold(s) & 0xFFFF
-
-
 def ip_to_int(ip: str) -> int:
     a, b, c, d = (int(x) for x in ip.split("."))
     return (a << 24) | (b << 16) | (c << 8) | d
+
+
+def _delta(old: int, new: int) -> int:
+    """What a 32-bit (or 16-bit) field changing from ``old`` to ``new`` adds to the
+    complemented ones'-complement sum (RFC 1624: HC' = ~(~HC + ~m + m'))."""
+    return (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
 
 
 def rewrite(
@@ -191,9 +184,10 @@ def rewrite(
     dport: int | None = None,
 ) -> bytes:
     """A copy of ``frame`` with new source/destination address/port, checksums updated
-    incrementally (IP header; TCP/UDP including the pseudo-header; ICMP echo identifier)."""
+    incrementally (IP header; TCP/UDP including the pseudo-header; ICMP echo identifier).
+    The changes are summed first and folded once per checksum (the per-packet cost of
+    NAT and LB)."""
     out = bytearray(frame)
-    ip_csum = (out[L3 + 10] << 8) | out[L3 + 11]
     proto = pkt.proto
     if proto == TCP:
         coff = L4 + 16
@@ -201,31 +195,41 @@ def rewrite(
         coff = L4 + 6
     else:
         coff = L4 + 2
+    ip_sum = ~((out[L3 + 10] << 8) | out[L3 + 11]) & 0xFFFF
     l4_csum = (out[coff] << 8) | out[coff + 1]
+    l4_sum = ~l4_csum & 0xFFFF
     udp_no_csum = proto == UDP and l4_csum == 0
     if src is not None and src != pkt.src:
-        ip_csum = _adjust(ip_csum, pkt.src, src)
+        d = _delta(pkt.src, src)
+        ip_sum += d
         if proto != ICMP:
-            l4_csum = _adjust(l4_csum, pkt.src, src)
+            l4_sum += d
         out[L3 + 12 : L3 + 16] = src.to_bytes(4, "big")
     if dst is not None and dst != pkt.dst:
-        ip_csum = _adjust(ip_csum, pkt.dst, dst)
+        d = _delta(pkt.dst, dst)
+        ip_sum += d
         if proto != ICMP:
-            l4_csum = _adjust(l4_csum, pkt.dst, dst)
+            l4_sum += d
         out[L3 + 16 : L3 + 20] = dst.to_bytes(4, "big")
     if proto == ICMP:
         # The echo identifier is the only "port"; sport and dport name the same field.
         new_id = sport if sport is not None else dport
         if new_id is not None and new_id != pkt.sport:
-            l4_csum = _adjust(l4_csum, pkt.sport, new_id)
+            l4_sum += (~pkt.sport & 0xFFFF) + new_id
             out[L4 + 4 : L4 + 6] = new_id.to_bytes(2, "big")
     else:
         if sport is not None and sport != pkt.sport:
-            l4_csum = _adjust(l4_csum, pkt.sport, sport)
+            l4_sum += (~pkt.sport & 0xFFFF) + sport
             out[L4 : L4 + 2] = sport.to_bytes(2, "big")
         if dport is not None and dport != pkt.dport:
-            l4_csum = _adjust(l4_csum, pkt.dport, dport)
+            l4_sum += (~pkt.dport & 0xFFFF) + dport
             out[L4 + 2 : L4 + 4] = dport.to_bytes(2, "big")
+    while ip_sum >> 16:
+        ip_sum = (ip_sum & 0xFFFF) + (ip_sum >> 16)
+    while l4_sum >> 16:
+        l4_sum = (l4_sum & 0xFFFF) + (l4_sum >> 16)
+    ip_csum = ~ip_sum & 0xFFFF
+    l4_csum = ~l4_sum & 0xFFFF
     if udp_no_csum:
         l4_csum = 0  # UDP checksum 0 means "none": keep it so
     elif proto == UDP and l4_csum == 0:
