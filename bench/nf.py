@@ -85,6 +85,7 @@ MODES = [("local", "local", 64), ("unbatched", "redis", 1), ("batched", "redis",
 # processes and is not pinned (both CPUs, shared with the generator and redis-server).
 EXTRA_MODES = {
     "socket": ("redis", 64, ["--rx", "socket"]),  # recvfrom per frame, no receive ring
+    "blocks": ("redis", 64, ["--rx", "blocks"]),  # TPACKET_V3 ring: frames in blocks
     "inflight2": ("redis", 64, ["--in-flight", "2"]),  # two store batches in flight
     "w2": ("redis", 64, ["--workers", "2"]),
 }
@@ -616,15 +617,15 @@ class Bench:
 
     def paced_latency(self, kind: str, data: dict, runs: dict, say) -> dict:
         """p50/p99 latency with open-loop traffic at LOW_RATE_PPS and at HIGH_LOAD of what
-        the lane carried (the lower of its capacity per core and its observed pps)."""
+        the lane carries in a closed loop just before."""
         out = {}
         d = self.args.paced_duration
         for size, frames in data.items():
             for lane in self.lanes:
-                rounds = runs[(size, lane.mode)]
-                cap = statistics.median(
-                    min(r["capacity_pps"] or r["pps"], r["pps"]) for r in rounds
-                )
+                # What the lane carries right now (closed loop): on a shared machine the
+                # NF's share of its CPU changes from minute to minute.
+                now = lane.slice(frames, 0.3)
+                cap = now["received"] / now["elapsed"]
                 figures = {}
                 for label, rate in (("low", LOW_RATE_PPS), ("loaded", HIGH_LOAD * cap)):
                     lane.drain()

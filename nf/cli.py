@@ -5,9 +5,9 @@ from __future__ import annotations
 import argparse
 
 from controller import keys
+from nf.packetio import RX_MODES
 
 KINDS = ("firewall", "nat", "lb")
-RX_MODES = ("ring", "socket")
 MAX_WORKERS_PER_CPU = 4
 
 
@@ -17,7 +17,7 @@ def parse_workers(value: str, cpus: int) -> int | str:
     v = value.strip()
     if v == "auto":
         return cpus
-    if not v.isdigit():
+    if not (v.isascii() and v.isdigit()) or len(v) > 9:
         return f"--workers must be a whole number or auto, not {value!r}"
     n = int(v)
     if n < 1:
@@ -75,8 +75,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         "--rx",
         choices=RX_MODES,
         default="ring",
-        help="ring: TPACKET_V3 receive ring, fewest CPU cycles per frame, up to 1 ms added "
-        "latency at low load; socket: one recvfrom per frame, no added latency",
+        help="ring: TPACKET_V2 receive ring (default); blocks: TPACKET_V3 ring, a little "
+        "less CPU per frame but up to 1 ms added latency at low load; socket: one recvfrom "
+        "per frame",
     )
     p.add_argument(
         "--in-flight",

@@ -1,15 +1,17 @@
 """Packet I/O on one interface: an AF_PACKET socket, its receive ring and its fanout group.
 
-Two ways to receive, chosen with ``--rx`` (figures in the README, measured here on a veth
-pair with 60-byte frames, per frame including the parse):
+Three ways to receive, chosen with ``--rx`` (figures in the README, from
+bench/packetio.py: a veth pair, 60-byte frames, per frame including the parse):
 
-* ``ring`` — a ``TPACKET_V3`` receive ring (``PACKET_MMAP``): the kernel fills blocks of
-  frames in shared memory and hands over a block when it is full or when its timeout
-  (1 ms, the shortest the kernel offers) expires; the loop walks the block in Python, with
-  no system call per frame. The most frames per CPU second, but at low load a frame waits
-  for its block's timeout: about 1 ms added latency.
-* ``socket`` — one ``recvfrom`` per frame: about 0.9 µs more CPU per frame, no added
-  latency.
+* ``ring`` (default) — a ``TPACKET_V2`` receive ring (``PACKET_MMAP``): the kernel copies
+  each frame into a slot of shared memory and flags it; the loop walks the slots in Python
+  with no system call per frame and hands each back. The kernel wakes the loop per frame,
+  so nothing waits: no added latency.
+* ``blocks`` — a ``TPACKET_V3`` ring: frames packed into blocks, one status word per block.
+  About 0.2 µs less CPU per frame than ``ring``, but the kernel hands a block over only
+  when it is full or its timeout expires (1 ms, the shortest it offers): at low load a
+  frame waits up to 1 ms.
+* ``socket`` — one ``recvfrom`` per frame: about 0.7 µs more CPU per frame than ``ring``.
 
 Frames are sent with one ``send`` per frame on the same socket: ``sendmmsg`` through ctypes,
 a ``TPACKET_V2`` transmit ring and ``PACKET_QDISC_BYPASS`` were measured and saved nothing
@@ -38,12 +40,12 @@ PACKET_RX_RING = 5
 PACKET_VERSION = 10
 PACKET_FANOUT = 18
 PACKET_IGNORE_OUTGOING = 23
-TPACKET_V3 = 2
+TPACKET_V2, TPACKET_V3 = 1, 2
 PACKET_FANOUT_HASH = 0
 PACKET_FANOUT_FLAG_DEFRAG = 0x8000  # reassemble before hashing: fragments hash alike
 PACKET_OTHERHOST = 3
 TP_STATUS_USER = 1
-RX_MODES = ("ring", "socket")
+RX_MODES = ("ring", "blocks", "socket")
 
 # struct tpacket_block_desc: block_status, num_pkts, offset_to_first_pkt (from offset 8)
 _BLOCK = struct.Struct("<8xIII")
@@ -51,6 +53,9 @@ _BLOCK = struct.Struct("<8xIII")
 _FRAME = struct.Struct("<I8xI8xH")
 _U32 = struct.Struct("<I")
 _PKTTYPE = 48 + 10  # sockaddr_ll after the aligned tpacket3_hdr; sll_pkttype at 10
+# struct tpacket2_hdr: tp_status, tp_snaplen (8), tp_mac (12); sockaddr_ll at 32
+_FRAME2 = struct.Struct("<I4xIH")
+_PKTTYPE2 = 32 + 10
 
 
 class InterfaceGone(Exception):
@@ -111,12 +116,17 @@ class PacketIO:
         self.send = sock.send
         self._ring: mmap.mmap | None = None
         if rx == "ring":
-            self._setup_ring(block_size, blocks, block_timeout_ms)
-        elif rx != "socket":
+            self._setup_frames(block_size * blocks)
+            self.receive = self._receive_frames
+        elif rx == "blocks":
+            self._setup_blocks(block_size, blocks, block_timeout_ms)
+            self.receive = self._receive_blocks
+        elif rx == "socket":
+            self.receive = self._receive_socket
+        else:
             raise ValueError(f"unknown receive mode {rx!r}")
-        self.receive = self._receive_ring if rx == "ring" else self._receive_socket
 
-    def _setup_ring(self, block_size: int, blocks: int, timeout_ms: int) -> None:
+    def _setup_blocks(self, block_size: int, blocks: int, timeout_ms: int) -> None:
         s = self.sock
         s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V3)
         frame_size = 2048  # only for tp_frame_nr: V3 packs frames of any size in a block
@@ -132,6 +142,38 @@ class PacketIO:
         self._block = 0  # the block being read
         self._off = 0  # the next frame in it
         self._left = 0  # frames left in it (0: not handed over yet)
+
+    def _setup_frames(self, size: int, frame_size: int = 2048) -> None:
+        s = self.sock
+        s.setsockopt(SOL_PACKET, PACKET_VERSION, TPACKET_V2)
+        block = 1 << 16
+        req = struct.pack("4I", block, size // block, frame_size, size // frame_size)
+        s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
+        self._ring = mmap.mmap(s.fileno(), size)
+        self._view = memoryview(self._ring)
+        self._frame_size = frame_size
+        self._frames = size // frame_size
+        self._slot = 0
+
+    def _receive_frames(self, batch: int, out: list[bytes]) -> int:
+        ring, view = self._ring, self._view
+        fsize, frames = self._frame_size, self._frames
+        slot = self._slot
+        frame, release = _FRAME2.unpack_from, _U32.pack_into
+        n = 0
+        while len(out) < batch:
+            off = slot * fsize
+            status, snap, mac = frame(ring, off)
+            if not status & TP_STATUS_USER:
+                break
+            n += 1
+            if ring[off + _PKTTYPE2] == PACKET_OTHERHOST:
+                start = off + mac
+                out.append(bytes(view[start : start + snap]))
+            release(ring, off, 0)
+            slot = (slot + 1) % frames
+        self._slot = slot
+        return n
 
     def fileno(self) -> int:
         return self.sock.fileno()
@@ -151,7 +193,7 @@ class PacketIO:
                 out.append(data)
         return n
 
-    def _receive_ring(self, batch: int, out: list[bytes]) -> int:
+    def _receive_blocks(self, batch: int, out: list[bytes]) -> int:
         ring, view = self._ring, self._view
         size, blocks = self._block_size, self._blocks
         blk, off, left = self._block, self._off, self._left

@@ -283,7 +283,7 @@ class PacketLoop:
                     readable = select.select([io], [], [], wait)[0]
                 except InterruptedError:
                     continue
-                if readable and io.rx == "ring":
+                if readable and io.rx != "socket":
                     # A ring has no recv to raise a socket error: read it here.
                     err = io.pending_error()
                     if err in LINK_DOWN_ERRNOS:

