@@ -262,13 +262,17 @@ class Lane:
         self.sock.bind((self.gen_if, 3))
         self.sock.setblocking(False)
         url = f"redis://127.0.0.1:{self.bench.port}/0"
+        cmd, env = [NFSTEER], None
+        if self.mode == "before":  # the same NF from another checkout (--compare-with)
+            cmd = [sys.executable, "-m", "controller.cli"]
+            env = {**os.environ, "PYTHONPATH": self.bench.args.compare_with}
         self.proc = subprocess.Popen(
-            [NFSTEER, "nf", "--kind", self.kind, "--interface", self.nf_if, "--pool", self.pool,
+            [*cmd, "nf", "--kind", self.kind, "--interface", self.nf_if, "--pool", self.pool,
              "--name", f"nb-{self.mode[0]}", "--config", str(topo), "--state", self.state,
              "--redis", url, "--batch", str(self.batch), "--stats-file", str(self.stats),
              "--stats-interval", str(STATS_INTERVAL_S), "--drain-grace", "0",
              "--log-level", "WARNING", *self.extra],
-            stdout=subprocess.DEVNULL,
+            stdout=subprocess.DEVNULL, env=env,
             preexec_fn=pin(None if self.mode in UNPINNED_MODES else self.bench.nf_cpu),
         )  # fmt: skip
 
@@ -522,6 +526,7 @@ class Bench:
         """(mode, state store, max batch, extra arguments) of every mode this run measures."""
         base = {m: (m, s, b, []) for m, s, b in MODES}
         base.update({m: (m, *v) for m, v in EXTRA_MODES.items()})
+        base["before"] = ("before", "redis", 64, [])
         return [base[m] for m in self.args.modes.split(",")]
 
     def snapshot(self) -> dict:
@@ -675,6 +680,12 @@ def summarise(kind: str, size: int, mode: str, runs: dict) -> dict:
         if r["capacity_pps"] and local[r["round"]]["capacity_pps"]
     ]
     observed = [r["pps"] / local[r["round"]]["pps"] for r in mine]
+    before = {r["round"]: r for r in runs.get((size, "before"), [])}
+    x_before = [
+        r["capacity_pps"] / before[r["round"]]["capacity_pps"]
+        for r in mine
+        if r["round"] in before and r["capacity_pps"] and before[r["round"]]["capacity_pps"]
+    ]
     # NF + redis-server CPU per packet, as a throughput ratio: what local state would
     # carry with the CPU that batched state spends in both processes.
     with_redis = [
@@ -691,6 +702,7 @@ def summarise(kind: str, size: int, mode: str, runs: dict) -> dict:
         "pps_x_local": med_range(observed),
         "capacity_pps": med_range([r["capacity_pps"] for r in mine], 0),
         "capacity_x_local": med_range(paired),
+        "capacity_x_before": med_range(x_before),
         "nf_us_per_pkt": med_range([r["nf_us_per_pkt"] for r in mine]),
         "nf_cpu_pct": med_range([r["nf_cpu_pct"] for r in mine], 0),
         "redis_us_per_pkt": med_range([r["redis_us_per_pkt"] for r in mine]),
@@ -772,6 +784,20 @@ def workers_table(results: list[dict]) -> list[str]:
     return lines
 
 
+def before_table(results: list[dict]) -> list[str]:
+    lines = [
+        "| NF | frame | state | capacity / core, pps | x before (same rounds) |",
+        "|---|---|---|---|---|",
+    ]
+    for r in results:
+        if r["capacity_x_before"]["median"] is not None:
+            lines.append(
+                f"| {r['kind']} | {r['size']} B | {r['mode']} | {fmt(r['capacity_pps'])} | "
+                f"{fmt(r['capacity_x_before'], '.2f')} |"
+            )
+    return lines
+
+
 def headline(results: list[dict]) -> list[str]:
     lines = [
         "| NF | frame | batched / local, capacity per core | >= 0.8? | unbatched / local "
@@ -828,6 +854,12 @@ def main() -> int:
         help="comma-separated: local, unbatched, batched, socket (recvfrom per "
         "frame), inflight2 (two batches in flight), w2 (two workers, unpinned)",
     )
+    ap.add_argument(
+        "--compare-with",
+        metavar="DIR",
+        help="a checkout of another revision: mode 'before' runs its NF with "
+        "batched Redis state (with this checkout's virtualenv)",
+    )
     ap.add_argument("--paced-duration", type=float, default=0.5, metavar="S",
                     help=f"seconds of paced traffic for latency at {LOW_RATE_PPS} pps and "
                     f"at {HIGH_LOAD:.0%} of capacity")  # fmt: skip
@@ -845,10 +877,15 @@ def main() -> int:
     if bad:
         print(f"bench/nf.py: unknown NF kind(s): {', '.join(bad)}", file=sys.stderr)
         return 2
-    known = {m for m, _, _ in MODES} | set(EXTRA_MODES)
+    known = {m for m, _, _ in MODES} | set(EXTRA_MODES) | {"before"}
     bad = [m for m in args.modes.split(",") if m not in known]
     if bad:
         print(f"bench/nf.py: unknown mode(s): {', '.join(bad)}", file=sys.stderr)
+        return 2
+    if "before" in args.modes.split(",") and not (
+        args.compare_with and (Path(args.compare_with) / "nf" / "runtime.py").exists()
+    ):
+        print("bench/nf.py: mode 'before' needs --compare-with a checkout", file=sys.stderr)
         return 2
     if min(args.rounds, args.latency_count) < 1 or min(args.duration, args.slice) <= 0:
         print(
@@ -902,6 +939,10 @@ def main() -> int:
     print()
     for line in paced_table(results):
         print(line)
+    if any(r["mode"] == "before" for r in results):
+        print()
+        for line in before_table(results):
+            print(line)
     if any(r["mode"] == "w2" for r in results):
         print()
         for line in workers_table(results):

@@ -108,22 +108,22 @@ class Processor:
         something is pending."""
         c = self.counters
         nf = self.nf
+        request = nf.request
         out: list[bytes] = []
         pending: list[tuple[bytes, Any]] = []
         ops = []
         dropped = c.dropped
+        not_steered = 0
         for frame in frames:
             pkt = parse(frame)
             if type(pkt) is str:
                 if pkt is NOT_STEERED:
-                    c.not_steered += 1
+                    not_steered += 1
                 else:
-                    c.processed += 1
                     dropped[pkt] += 1
                 continue
-            c.processed += 1
             try:
-                req = nf.request(pkt)
+                req = request(pkt)
             except Exception as e:  # a bug must cost a packet, not the instance
                 dropped["internal_error"] += 1
                 log.debug("request failed: %r", e)
@@ -135,6 +135,8 @@ class Processor:
             else:
                 pending.append((frame, pkt))
                 ops.append(req)
+        c.processed += len(frames) - not_steered
+        c.not_steered += not_steered
         if not ops:
             return out, None
         n = len(ops)
