@@ -38,7 +38,9 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import ctypes
 import json
+import mmap
 import os
 import select
 import shutil
@@ -57,6 +59,7 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 import yaml  # noqa: E402
+from packetio import LIBC, IOVec, MMsgHdr  # noqa: E402  (bench/packetio.py)
 from scapy.layers.inet import IP, TCP  # noqa: E402
 from scapy.layers.l2 import Ether  # noqa: E402
 from scapy.packet import Raw, raw  # noqa: E402
@@ -230,16 +233,134 @@ def pin(cpu: int | None):
     return lambda: os.sched_setaffinity(0, {cpu})
 
 
+# -- traffic generation ----------------------------------------------------------------------
+
+WINDOW = 1024  # frames in flight in the closed loop: fits every NF receive mode's buffer
+
+
+def plain_socket(interface: str) -> socket.socket:
+    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+    sock.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
+    sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
+    sock.bind((interface, 3))
+    sock.setblocking(False)
+    return sock
+
+
+class FastGenerator:
+    """Closed-loop traffic at a rate Python can reach: ``sendmmsg`` of prepared frames out
+    (a socket of protocol 0, which receives nothing), a TPACKET_V3 ring in, counted per
+    block without touching the frames."""
+
+    BLOCK, BLOCKS = 1 << 16, 64
+
+    def __init__(self, interface: str, data: list[bytes]):
+        n = self.n = len(data)
+        stride = 2048
+        self.buf = ctypes.create_string_buffer(n * stride)
+        # Every frame twice in a row, so that any run of up to n frames is contiguous.
+        self.iovs = (IOVec * (2 * n))()
+        self.msgs = (MMsgHdr * (2 * n))()
+        base = ctypes.addressof(self.buf)
+        for i, f in enumerate(data):
+            ctypes.memmove(base + i * stride, f, len(f))
+        for j in range(2 * n):
+            self.iovs[j].base = base + (j % n) * stride
+            self.iovs[j].len = len(data[j % n])
+            self.msgs[j].hdr.iov = ctypes.addressof(self.iovs[j])
+            self.msgs[j].hdr.iovlen = 1
+        self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
+        self.tx.setsockopt(socket.SOL_SOCKET, 32, 16 << 20)  # SO_SNDBUFFORCE
+        self.tx.bind((interface, 0))
+        self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        self.rx.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
+        self.rx.setsockopt(263, 10, 2)  # PACKET_VERSION: TPACKET_V3
+        req = struct.pack("7I", self.BLOCK, self.BLOCKS, 2048,
+                          self.BLOCK * self.BLOCKS // 2048, 1, 0, 0)  # fmt: skip
+        self.rx.setsockopt(263, 5, req)  # PACKET_RX_RING
+        self.rx.bind((interface, 3))
+        self.ring = mmap.mmap(self.rx.fileno(), self.BLOCK * self.BLOCKS)
+        self.block = 0
+
+    def send(self, start: int, count: int) -> int:
+        first = ctypes.byref(self.msgs, start * ctypes.sizeof(MMsgHdr))
+        return max(0, LIBC.sendmmsg(self.tx.fileno(), first, count, 0x40))  # MSG_DONTWAIT
+
+    def count(self) -> int:
+        """Frames in the blocks the kernel has handed over; the blocks go back at once."""
+        ring, got = self.ring, 0
+        while True:
+            at = self.block * self.BLOCK
+            status, num = struct.unpack_from("<8xII", ring, at)
+            if not status & 1:  # TP_STATUS_USER
+                return got
+            got += num
+            struct.pack_into("<I", ring, at + 8, 0)
+            self.block = (self.block + 1) % self.BLOCKS
+
+    def run(self, lane: Lane, duration: float, window: int) -> dict:
+        n, i = self.n, lane.cursor
+        received = inflight = 0
+        nf0, redis0 = tree_cpu_s(lane.proc.pid), proc_cpu_s(lane.bench.redis.pid)
+        t0 = last_rx = time.perf_counter()
+        t_end = t0 + duration
+        while True:
+            now = time.perf_counter()
+            if now >= t_end:
+                break
+            room = min(window - inflight, n)
+            if room > 0:
+                sent = self.send(i, room)
+                i = (i + sent) % n
+                inflight += sent
+            got = self.count()
+            if got:
+                received += got
+                inflight -= got
+                last_rx = now
+            elif now - last_rx > 0.05:  # frames lost: do not stall the window
+                inflight = 0
+                last_rx = now
+            else:
+                select.select([self.rx], [], [], 0.001)
+        elapsed = time.perf_counter() - t0
+        # The frames still in flight: processed now, counted by the NF, not timed here.
+        deadline = time.perf_counter() + 0.1
+        while inflight > 0 and time.perf_counter() < deadline:
+            select.select([self.rx], [], [], 0.01)
+            inflight -= self.count()
+        lane.cursor = i
+        return {
+            "received": received,
+            "elapsed": elapsed,
+            "nf_cpu": tree_cpu_s(lane.proc.pid) - nf0,
+            "redis_cpu": proc_cpu_s(lane.bench.redis.pid) - redis0,
+        }
+
+    def close(self) -> None:
+        self.ring.close()
+        self.rx.close()
+        self.tx.close()
+
+
 # -- one NF process on its own veth pair ----------------------------------------------------
 
 
 class Lane:
     def __init__(
-        self, bench: Bench, kind: str, mode: str, state: str, batch: int, extra: list[str]
+        self,
+        bench: Bench,
+        kind: str,
+        mode: str,
+        state: str,
+        batch: int,
+        extra: list[str],
+        index: int,
     ):
         self.bench, self.kind, self.mode = bench, kind, mode
         self.state, self.batch, self.extra = state, batch, extra
-        tag = f"{bench.tag}{mode[0]}"
+        tag = f"{bench.tag}{index}"
+        self.index = index
         self.gen_if, self.nf_if = f"nb{tag}g", f"nb{tag}n"
         self.pool = pool_name(kind, mode)
         self.stats = bench.tmp / f"{self.pool}.json"
@@ -256,23 +377,20 @@ class Lane:
         for i in (self.gen_if, self.nf_if):
             subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1"])
             sh("ip", "link", "set", i, "up")
-        self.sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
-        self.sock.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
-        self.sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)  # SO_RCVBUFFORCE
-        self.sock.bind((self.gen_if, 3))
-        self.sock.setblocking(False)
+        self.sock = plain_socket(self.gen_if)
         url = f"redis://127.0.0.1:{self.bench.port}/0"
-        cmd, env = [NFSTEER], None
+        cmd, env, cwd = [NFSTEER], None, None
         if self.mode == "before":  # the same NF from another checkout (--compare-with)
             cmd = [sys.executable, "-m", "controller.cli"]
-            env = {**os.environ, "PYTHONPATH": self.bench.args.compare_with}
+            cwd = os.path.abspath(self.bench.args.compare_with)  # first on sys.path with -m
+            env = {**os.environ, "PYTHONPATH": cwd}
         self.proc = subprocess.Popen(
             [*cmd, "nf", "--kind", self.kind, "--interface", self.nf_if, "--pool", self.pool,
-             "--name", f"nb-{self.mode[0]}", "--config", str(topo), "--state", self.state,
+             "--name", f"nb-{self.index}", "--config", str(topo), "--state", self.state,
              "--redis", url, "--batch", str(self.batch), "--stats-file", str(self.stats),
              "--stats-interval", str(STATS_INTERVAL_S), "--drain-grace", "0",
              "--log-level", "WARNING", *self.extra],
-            stdout=subprocess.DEVNULL, env=env,
+            stdout=subprocess.DEVNULL, env=env, cwd=cwd,
             preexec_fn=pin(None if self.mode in UNPINNED_MODES else self.bench.nf_cpu),
         )  # fmt: skip
 
@@ -319,54 +437,23 @@ class Lane:
                 got += self.drain()
         return got
 
-    def slice(self, data: list[bytes], duration: float, window: int = 256) -> dict:
+    def slice(self, data: list[bytes], duration: float, window: int = WINDOW) -> dict:
         """One slice of closed-loop traffic: a window of frames in flight, so the NF is
-        saturated but its socket never overflows; then every frame in flight is waited
-        for. The CPU time of the NF and of redis-server is read right before and after."""
-        sock, n, start = self.sock, len(data), self.cursor
-        received = inflight = 0
-        i = start
-        nf0, redis0 = tree_cpu_s(self.proc.pid), proc_cpu_s(self.bench.redis.pid)
-        t0 = last_rx = time.perf_counter()
-        t_end = t0 + duration
-        while True:
-            now = time.perf_counter()
-            if now >= t_end:
-                break
-            while inflight < window:
-                try:
-                    sock.send(data[i])
-                except BlockingIOError:
-                    break
-                i = (i + 1) % n
-                inflight += 1
-            got = 0
-            while True:
-                try:
-                    sock.recv(65535)
-                    got += 1
-                except BlockingIOError:
-                    break
-            if got:
-                received += got
-                inflight -= got
-                last_rx = now
-            elif now - last_rx > 0.05:  # frames lost: do not stall the window
-                inflight = 0
-                last_rx = now
-            else:
-                select.select([sock], [], [], 0.001)
-        elapsed = time.perf_counter() - t0
-        # The frames still in flight: processed now, counted by the NF, not timed here.
-        while inflight > 0 and select.select([sock], [], [], 0.02)[0]:
-            inflight -= self.drain()
-        self.cursor = i
-        return {
-            "received": received,
-            "elapsed": elapsed,
-            "nf_cpu": tree_cpu_s(self.proc.pid) - nf0,
-            "redis_cpu": proc_cpu_s(self.bench.redis.pid) - redis0,
-        }
+        saturated but its receive buffer never overflows; then every frame in flight is
+        waited for. The generator must outrun the NF on a shared CPU: frames go out with
+        ``sendmmsg`` and come back into a TPACKET_V3 ring that is only counted, block by
+        block (per-frame ``send``/``recv`` in Python could not saturate the NF here). The
+        lane's plain socket is closed meanwhile: every packet socket on the interface gets
+        a copy of what the NF sends, at the NF's expense. The CPU time of the NF and of
+        redis-server is read right before and after."""
+        self.sock.close()
+        gen = FastGenerator(self.gen_if, data)
+        try:
+            out = gen.run(self, duration, window)
+        finally:
+            gen.close()
+            self.sock = plain_socket(self.gen_if)
+        return out
 
     def latency(self, data: list[bytes], count: int) -> list[float]:
         samples = []
@@ -514,7 +601,7 @@ class Bench:
         pools = {pool_name(kind, m): {"kind": kind, "nf": SETTINGS[kind]} for m, _, _, _ in modes}
         doc = {"name": "bench", "switches": {"s1": {"dpid": 1}}, "pools": pools}
         topo.write_text(yaml.safe_dump(doc))
-        self.lanes = [Lane(self, kind, m, s, b, x) for m, s, b, x in modes]
+        self.lanes = [Lane(self, kind, m, s, b, x, i) for i, (m, s, b, x) in enumerate(modes)]
         for lane in self.lanes:
             lane.open(topo)
         deadline = time.monotonic() + 20

@@ -37,7 +37,7 @@ import contextlib
 
 from nf.packet import parse
 
-libc = ctypes.CDLL(None, use_errno=True)
+LIBC = ctypes.CDLL(None, use_errno=True)
 SOL_PACKET = 263
 PACKET_RX_RING, PACKET_TX_RING, PACKET_VERSION, PACKET_QDISC_BYPASS = 5, 13, 10, 20
 PACKET_IGNORE_OUTGOING = 23
@@ -116,7 +116,7 @@ def generator(ifname: str, size: int, seconds: float) -> None:
         iovs[i].len = len(f)
     end = time.monotonic() + seconds
     while time.monotonic() < end:
-        if libc.sendmmsg(s.fileno(), msgs, len(frames), 0) <= 0:
+        if LIBC.sendmmsg(s.fileno(), msgs, len(frames), 0) <= 0:
             time.sleep(0.0005)
 
 
@@ -165,7 +165,7 @@ def rx_recvmmsg(s: socket.socket, vlen: int = 64, stride: int = 2048):
     data, mm = memoryview(buf).cast("B"), memoryview(msgs).cast("B")
     names = memoryview(addrs).cast("B")
     length = struct.Struct("I").unpack_from
-    fd, call = s.fileno(), libc.recvmmsg
+    fd, call = s.fileno(), LIBC.recvmmsg
 
     def rx(batch: int) -> list[bytes]:
         assert keep
@@ -265,7 +265,7 @@ def tx_sendmmsg(s: socket.socket, vlen: int = 64, stride: int = 2048):
     buf, iovs, msgs, _ = keep
     data, iov = memoryview(buf).cast("B"), memoryview(iovs).cast("B")
     put = struct.Struct("Q").pack_into
-    fd, call = s.fileno(), libc.sendmmsg
+    fd, call = s.fileno(), LIBC.sendmmsg
 
     def tx(frames: list[bytes]) -> None:
         assert keep
