@@ -42,6 +42,7 @@ import ctypes
 import json
 import mmap
 import os
+import random
 import select
 import shutil
 import signal
@@ -53,6 +54,8 @@ import sys
 import tempfile
 import time
 import uuid
+from bisect import bisect_right
+from itertools import accumulate
 from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[1]
@@ -247,17 +250,17 @@ def plain_socket(interface: str) -> socket.socket:
     return sock
 
 
-class FastGenerator:
-    """Closed-loop traffic at a rate Python can reach: ``sendmmsg`` of prepared frames out
-    (a socket of protocol 0, which receives nothing), a TPACKET_V3 ring in, counted per
-    block without touching the frames."""
+class BatchSender:
+    """Prepared frames sent with ``sendmmsg`` from a socket of protocol 0 (which receives
+    nothing, so it adds no work to the NF's transmissions)."""
 
-    BLOCK, BLOCKS = 1 << 16, 64
+    STRIDE = 2048
 
     def __init__(self, interface: str, data: list[bytes]):
         n = self.n = len(data)
-        stride = 2048
+        stride = self.STRIDE
         self.buf = ctypes.create_string_buffer(n * stride)
+        self.view = memoryview(self.buf).cast("B")
         # Every frame twice in a row, so that any run of up to n frames is contiguous.
         self.iovs = (IOVec * (2 * n))()
         self.msgs = (MMsgHdr * (2 * n))()
@@ -272,6 +275,24 @@ class FastGenerator:
         self.tx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, 0)
         self.tx.setsockopt(socket.SOL_SOCKET, 32, 16 << 20)  # SO_SNDBUFFORCE
         self.tx.bind((interface, 0))
+
+    def send(self, start: int, count: int) -> int:
+        first = ctypes.byref(self.msgs, start * ctypes.sizeof(MMsgHdr))
+        return max(0, LIBC.sendmmsg(self.tx.fileno(), first, count, 0x40))  # MSG_DONTWAIT
+
+    def close(self) -> None:
+        self.view.release()
+        self.tx.close()
+
+
+class FastGenerator(BatchSender):
+    """Closed-loop traffic at a rate Python can reach: ``sendmmsg`` out, a TPACKET_V3 ring
+    in, counted per block without touching the frames."""
+
+    BLOCK, BLOCKS = 1 << 16, 64
+
+    def __init__(self, interface: str, data: list[bytes]):
+        super().__init__(interface, data)
         self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
         self.rx.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
         self.rx.setsockopt(263, 10, 2)  # PACKET_VERSION: TPACKET_V3
@@ -281,10 +302,6 @@ class FastGenerator:
         self.rx.bind((interface, 3))
         self.ring = mmap.mmap(self.rx.fileno(), self.BLOCK * self.BLOCKS)
         self.block = 0
-
-    def send(self, start: int, count: int) -> int:
-        first = ctypes.byref(self.msgs, start * ctypes.sizeof(MMsgHdr))
-        return max(0, LIBC.sendmmsg(self.tx.fileno(), first, count, 0x40))  # MSG_DONTWAIT
 
     def count(self) -> int:
         """Frames in the blocks the kernel has handed over; the blocks go back at once."""
@@ -340,7 +357,97 @@ class FastGenerator:
     def close(self) -> None:
         self.ring.close()
         self.rx.close()
-        self.tx.close()
+        super().close()
+
+
+class PacedGenerator(BatchSender):
+    """Open-loop traffic at a set rate, with the latency of every frame: arrivals are a
+    Poisson process (evenly spaced frames would beat against the kernel's 1 ms timers);
+    each turn sends the frames that are due in one ``sendmmsg`` (each carries its index in
+    the TCP sequence number), and frames come back into a TPACKET_V2 ring, which wakes the
+    reader per frame (a V3 ring would add its block timeout to every sample)."""
+
+    FRAME, FRAMES = 2048, 2048
+
+    def __init__(self, interface: str, data: list[bytes]):
+        super().__init__(interface, data)
+        self.rx = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(3))
+        self.rx.setsockopt(263, 23, 1)  # PACKET_IGNORE_OUTGOING
+        self.rx.setsockopt(263, 10, 1)  # PACKET_VERSION: TPACKET_V2
+        size = self.FRAME * self.FRAMES
+        req = struct.pack("4I", 1 << 16, size >> 16, self.FRAME, self.FRAMES)
+        self.rx.setsockopt(263, 5, req)  # PACKET_RX_RING
+        self.rx.bind((interface, 3))
+        self.ring = mmap.mmap(self.rx.fileno(), size)
+        self.slot = 0
+
+    def run(self, rate: float, duration: float) -> dict:
+        n, stride = self.n, self.STRIDE
+        view, ring = self.view, self.ring
+        put = struct.Struct("!I").pack_into
+        seq_at, head = struct.Struct("!I").unpack_from, struct.Struct("<I4xIH").unpack_from
+        release = struct.Struct("<I").pack_into
+        sent_at: dict[int, float] = {}
+        lat: list[float] = []
+        clock = time.perf_counter
+        rng = random.Random(1)
+        arrivals = list(accumulate(rng.expovariate(rate) for _ in range(int(rate * duration))))
+        arrivals.append(float("inf"))
+        sent = 0
+        t0 = clock()
+        end = t0 + duration
+        while True:
+            now = clock()
+            if now >= end:
+                break
+            due = bisect_right(arrivals, now - t0, lo=sent) - sent
+            due = min(due, 64)
+            if due > 0:
+                start = sent % n
+                for k in range(due):
+                    put(view, ((start + k) % n) * stride + SEQ_OFFSET, sent + k)
+                t = clock()
+                done = self.send(start, due)
+                for k in range(done):
+                    sent_at[sent + k] = t
+                sent += done
+            got = False
+            while True:
+                off = self.slot * self.FRAME
+                status, snap, mac = head(ring, off)
+                if not status & 1:
+                    break
+                if snap >= SEQ_OFFSET + 4:
+                    t = sent_at.pop(seq_at(ring, off + mac + SEQ_OFFSET)[0], None)
+                    if t is not None:
+                        lat.append((clock() - t) * 1e6)
+                release(ring, off, 0)
+                self.slot = (self.slot + 1) % self.FRAMES
+                got = True
+            if not got and due <= 0:
+                wait = arrivals[sent] - (clock() - t0)
+                if wait > 0.00005:
+                    select.select([self.rx], [], [], min(wait, 0.001))
+        elapsed = clock() - t0
+        deadline = clock() + 0.05
+        while sent_at and clock() < deadline:
+            select.select([self.rx], [], [], 0.005)
+            while True:
+                off = self.slot * self.FRAME
+                status, snap, mac = head(ring, off)
+                if not status & 1:
+                    break
+                t = sent_at.pop(seq_at(ring, off + mac + SEQ_OFFSET)[0], None)
+                if t is not None:
+                    lat.append((clock() - t) * 1e6)
+                release(ring, off, 0)
+                self.slot = (self.slot + 1) % self.FRAMES
+        return {"rate": sent / elapsed, "samples": lat, "lost": len(sent_at)}
+
+    def close(self) -> None:
+        self.ring.close()
+        self.rx.close()
+        super().close()
 
 
 # -- one NF process on its own veth pair ----------------------------------------------------
@@ -466,58 +573,18 @@ class Lane:
         return samples
 
     def paced(self, data: list[bytes], rate: float, duration: float) -> dict:
-        """Open-loop traffic at ``rate`` frames/s for ``duration`` s: each frame carries its
-        index in the TCP sequence number; latency is send -> the processed frame back. The
-        generator sends what is due, then reads what came back (one thread: at high rates
-        a returning frame may wait for a few sends, which counts against the NF)."""
-        sock, n = self.sock, len(data)
-        bufs = [bytearray(f) for f in data]
-        put, get = struct.Struct("!I").pack_into, struct.Struct("!I").unpack_from
-        sent_at: dict[int, float] = {}
-        lat: list[float] = []
-        period = 1.0 / rate
-        clock = time.perf_counter
-        t0 = next_t = clock()
-        end = t0 + duration
-        i = 0
-        while True:
-            now = clock()
-            if now >= end:
-                break
-            while next_t <= now:
-                b = bufs[i % n]
-                put(b, SEQ_OFFSET, i & 0xFFFFFFFF)
-                try:
-                    sock.send(b)
-                except BlockingIOError:
-                    break
-                sent_at[i & 0xFFFFFFFF] = clock()
-                i += 1
-                next_t += period
-            while True:
-                try:
-                    d = sock.recv(65535)
-                except BlockingIOError:
-                    break
-                if len(d) >= SEQ_OFFSET + 4:
-                    t = sent_at.pop(get(d, SEQ_OFFSET)[0], None)
-                    if t is not None:
-                        lat.append((clock() - t) * 1e6)
-            wait = next_t - clock()
-            if wait > 0.0001:
-                select.select([sock], [], [], min(wait, 0.001))
-        elapsed = clock() - t0
-        deadline = clock() + 0.05
-        while sent_at and clock() < deadline:
-            if select.select([sock], [], [], 0.01)[0]:
-                with contextlib.suppress(BlockingIOError):
-                    while True:
-                        d = sock.recv(65535)
-                        if len(d) >= SEQ_OFFSET + 4:
-                            t = sent_at.pop(get(d, SEQ_OFFSET)[0], None)
-                            if t is not None:
-                                lat.append((clock() - t) * 1e6)
-        return {"rate": i / elapsed, "samples": lat, "lost": len(sent_at)}
+        """Open-loop traffic at ``rate`` frames/s for ``duration`` s; latency is send -> the
+        processed frame back (PacedGenerator). The plain socket is closed meanwhile."""
+        self.sock.close()
+        gen = PacedGenerator(self.gen_if, data)
+        try:
+            cpu0 = tree_cpu_s(self.proc.pid)
+            out = gen.run(rate, duration)
+            out["nf_cpu_pct"] = round(100 * (tree_cpu_s(self.proc.pid) - cpu0) / duration)
+            return out
+        finally:
+            gen.close()
+            self.sock = plain_socket(self.gen_if)
 
     def counters(self, asked: float) -> dict:
         """The NF's counters as written after ``asked`` (time.time()): with the NF idle
@@ -727,11 +794,13 @@ class Bench:
                     figures[f"{label}_p50_us"] = percentile(p["samples"], 50)
                     figures[f"{label}_p99_us"] = percentile(p["samples"], 99)
                     figures[f"{label}_lost"] = p["lost"]
+                    figures[f"{label}_nf_cpu_pct"] = p["nf_cpu_pct"]
                 say(
                     f"  {kind:8} {size:5} B {lane.mode:9} paced: {LOW_RATE_PPS} pps p50/p99 "
                     f"{figures['low_p50_us']}/{figures['low_p99_us']} us; "
                     f"{figures['loaded_rate']} pps (target {figures['loaded_target']}) "
-                    f"p50/p99 {figures['loaded_p50_us']}/{figures['loaded_p99_us']} us"
+                    f"p50/p99 {figures['loaded_p50_us']}/{figures['loaded_p99_us']} us, "
+                    f"NF CPU {figures['loaded_nf_cpu_pct']} %"
                 )
                 out[(size, lane.mode)] = figures
         return out
@@ -836,8 +905,8 @@ def table(results: list[dict]) -> list[str]:
 def paced_table(results: list[dict]) -> list[str]:
     lines = [
         f"| NF | frame | state | p50 / p99 µs at {LOW_RATE_PPS} pps | {HIGH_LOAD:.0%} of capacity:"
-        " target / sent pps | p50 / p99 µs there | lost |",
-        "|---|---|---|---|---|---|---|",
+        " target / sent pps | p50 / p99 µs there | NF CPU there | lost |",
+        "|---|---|---|---|---|---|---|---|",
     ]
     for r in results:
         if "low_p50_us" not in r:
@@ -845,7 +914,8 @@ def paced_table(results: list[dict]) -> list[str]:
         lines.append(
             f"| {r['kind']} | {r['size']} B | {r['mode']} | {r['low_p50_us']} / {r['low_p99_us']}"
             f" | {r['loaded_target']:,} / {r['loaded_rate']:,} | {r['loaded_p50_us']} / "
-            f"{r['loaded_p99_us']} | {r['low_lost'] + r['loaded_lost']} |"
+            f"{r['loaded_p99_us']} | {r['loaded_nf_cpu_pct']} % | "
+            f"{r['low_lost'] + r['loaded_lost']} |"
         )
     return lines
 
