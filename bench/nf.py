@@ -763,7 +763,7 @@ class Bench:
                             f"{one['redis_us_per_pkt'] or 0:5.2f} us/pkt  "
                             f"batch {one['batch_mean']:5.1f}"
                         )
-            loaded = self.paced_latency(kind, data, runs, say)
+            loaded = self.paced_latency(kind, data, say)
         finally:
             self.close_lanes()
         out = []
@@ -774,7 +774,7 @@ class Bench:
                 out.append(one)
         return out
 
-    def paced_latency(self, kind: str, data: dict, runs: dict, say) -> dict:
+    def paced_latency(self, kind: str, data: dict, say) -> dict:
         """p50/p99 latency with open-loop traffic at LOW_RATE_PPS and at HIGH_LOAD of what
         the lane carries in a closed loop just before."""
         out = {}

@@ -208,3 +208,45 @@ def test_every_receive_mode_carries_a_connection(veth, tmp_path, rx):
         assert nf.stats()["rx"] == rx
     finally:
         assert nf.stop() == 0
+
+
+def test_drain_keeps_every_worker_forwarding_until_the_slots_are_gone(redis_server, veth, tmp_path):
+    outside, nf_if = veth
+    r = redis.Redis.from_url(redis_server.url, decode_responses=True)
+    inst = keys.instance("nwp", "fww")
+    nf = _start(tmp_path, nf_if, "--redis", redis_server.url, "--drain-grace", "20")
+    try:
+        _wait(lambda: r.exists(inst), what="registration")
+        r.hset(inst, "slots", 5)  # as the controller would
+        nf.signal(signal.SIGTERM)
+        _wait(lambda: r.hget(inst, "state") == "draining", what="drain")
+        sock = raw_socket(outside)
+        flows = list(range(45000, 45032))
+        assert len(_open_flows(sock, flows)) == 3 * len(flows)  # both workers still carry
+        assert nf.proc.poll() is None
+        r.hset(inst, "slots", 0)  # the controller moved every slot away
+        _wait(lambda: nf.proc.poll() is not None, 5, "exit after the drain")
+    finally:
+        code = nf.stop()
+    assert code == 0 and not r.exists(inst)
+    assert nf.final["counters"]["processed"] == 3 * len(flows)
+
+
+def test_workers_die_with_the_parent(veth, tmp_path):
+    _, nf_if = veth
+    nf = _start(tmp_path, nf_if, "--state", "local")
+    try:
+        pids = [w["pid"] for w in nf.stats()["workers"]]
+        nf.proc.kill()
+        nf.proc.wait(5)
+
+        def gone(pid: int) -> bool:
+            try:
+                with open(f"/proc/{pid}/stat") as f:
+                    return f.read().split(")")[-1].split()[0] == "Z"
+            except FileNotFoundError:
+                return True
+
+        _wait(lambda: all(gone(p) for p in pids), 3, "workers to die with their parent")
+    finally:
+        nf.stop()
