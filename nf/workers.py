@@ -85,7 +85,12 @@ def _die_with_parent() -> None:
 def _worker_entry(main: WorkerMain, index: int, sock: socket.socket, conn: Connection) -> None:
     _die_with_parent()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # the parent decides; ^C reaches us all
-    os._exit(main(index, sock, conn))
+    try:
+        status = main(index, sock, conn)
+    except BaseException as e:  # e.g. a ring the kernel refused: the parent restarts us
+        log.error("worker %d could not run: %s", index, e)
+        status = 1
+    os._exit(status)
 
 
 class Worker:
