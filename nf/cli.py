@@ -282,7 +282,8 @@ def _run_workers(args, settings, workers, client, reg, hb_interval_ms, describe)
     from nf.workers import EXIT_INTERFACE_GONE, Supervisor, final_report, report_loop
 
     log = logging.getLogger("nfsteer.nf")
-    report_s = min(hb_interval_ms / 1000, args.stats_interval)
+    # Reports well inside half the TTL: the parent calls a worker late after TTL / 2.
+    report_s = min(hb_interval_ms / 1000, args.heartbeat_ttl_ms / 5000, args.stats_interval)
 
     def worker_main(index: int, sock, conn) -> int:
         wclient = redis_client(args.redis) if args.state == "redis" else None
