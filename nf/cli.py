@@ -139,6 +139,11 @@ def run(args: argparse.Namespace) -> int:
     workers = parse_workers(args.workers, len(os.sched_getaffinity(0)))
     if isinstance(workers, str):
         raise UsageError(workers)
+    if workers > 1 and args.state == "local" and args.kind != "firewall":
+        # The fanout hash keeps a connection's own 5-tuple in one worker, but a NAT's or
+        # LB's return traffic carries translated addresses and may reach another worker.
+        raise UsageError(f"--workers above 1 needs --state redis for {args.kind}: its "
+                         "return traffic may reach a worker without the local state")  # fmt: skip
     if args.capacity is not None and not 0 < args.capacity <= 1_000_000:
         raise UsageError("--capacity must be above 0")
     hb_error = interval_error(args.heartbeat_ttl_ms, args.heartbeat_interval_ms)

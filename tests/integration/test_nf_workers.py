@@ -16,7 +16,17 @@ import time
 import pytest
 import redis
 from conftest import require, unique_name
-from nf_support import FW, NFSTEER, NFProcess, raw_socket, receive, tcp, veth_pair, write_topology
+from nf_support import (
+    FW,
+    NAT,
+    NFSTEER,
+    NFProcess,
+    raw_socket,
+    receive,
+    tcp,
+    veth_pair,
+    write_topology,
+)
 
 from controller import keys
 
@@ -43,6 +53,15 @@ def _start(tmp_path, nf_if, *extra):
                    "--name", "fww", "--config", str(cfg), "--workers", "2", *extra)  # fmt: skip
     nf.wait_ready()
     return nf
+
+
+def _matching(sock, count, keep, timeout=5.0):
+    """Frames back from the NF that ``keep`` accepts, up to ``count``."""
+    out: list[bytes] = []
+    deadline = time.monotonic() + timeout
+    while len(out) < count and time.monotonic() < deadline:
+        out += [f for f in receive(sock, count - len(out), timeout=0.2) if keep(f)]
+    return out
 
 
 def _open_flows(sock, flows):
@@ -72,7 +91,10 @@ def test_workers_share_traffic_in_order_with_one_registration(redis_server, veth
         frames = [tcp(C, S, sport, 80, "PA", payload=seq.to_bytes(4, "big")) for sport, seq in sent]
         for f in frames:
             sock.send(f)
-        got = receive(sock, len(sent), timeout=10)
+        ours = set(flows)
+        got = _matching(
+            sock, len(sent), lambda f: int.from_bytes(f[34:36], "big") in ours and len(f) >= 58
+        )
         assert len(got) == len(sent)
         order: dict[int, list[int]] = {}
         for f in got:
@@ -177,12 +199,16 @@ def test_interface_that_disappears_stops_the_instance(redis_server, tmp_path):
         ("-1", "--workers must be a whole number or auto"),
         ("two", "--workers must be a whole number or auto"),
         ("100000", "CPU(s) available"),
+        ("local-nat", "--workers above 1 needs --state redis for nat"),
     ],
 )
 def test_bad_workers_value_is_one_line(veth, value, message):
     _, nf_if = veth
+    kind = "firewall"
+    if value == "local-nat":
+        kind, value = "nat", "2"
     p = subprocess.run(
-        [NFSTEER, "nf", "--kind", "firewall", "--interface", nf_if, "--pool", "p",
+        [NFSTEER, "nf", "--kind", kind, "--interface", nf_if, "--pool", "p",
          "--state", "local", "--workers", value],
         capture_output=True, text=True, timeout=30,
     )  # fmt: skip
@@ -250,3 +276,34 @@ def test_workers_die_with_the_parent(veth, tmp_path):
         _wait(lambda: all(gone(p) for p in pids), 3, "workers to die with their parent")
     finally:
         nf.stop()
+
+
+def test_nat_return_traffic_reaching_the_other_worker_is_translated(redis_server, veth, tmp_path):
+    """A NAT's reply carries the public address: the fanout hash may give it to the worker
+    that did not translate the request. With state in Redis every reply is translated."""
+    outside, nf_if = veth
+    cfg = write_topology(tmp_path / "t.yaml", "nwn", "nat", NAT)
+    nf = NFProcess(tmp_path, "--kind", "nat", "--interface", nf_if, "--pool", "nwn",
+                   "--name", "natw", "--config", str(cfg), "--workers", "2",
+                   "--redis", redis_server.url)  # fmt: skip
+    try:
+        nf.wait_ready()
+        sock = raw_socket(outside)
+        sock.setsockopt(socket.SOL_SOCKET, 33, 8 << 20)
+        flows = list(range(46000, 46048))
+        for sport in flows:
+            sock.send(tcp(C, S, sport, 80, "S"))
+        out = _matching(sock, len(flows), lambda f: f[26:30] == bytes([192, 0, 2, 1]))
+        assert len(out) == len(flows)
+        public = {int.from_bytes(f[34:36], "big"): int.from_bytes(f[36:38], "big") for f in out}
+        for port in public:
+            sock.send(tcp(S, "192.0.2.1", 80, port, "SA", src_mac="02:00:00:00:00:81",
+                          dst_mac="02:00:00:00:00:01"))  # fmt: skip
+        back = _matching(sock, len(flows), lambda f: f[30:34] == bytes([10, 0, 0, 1]))
+        assert sorted(int.from_bytes(f[36:38], "big") for f in back) == flows
+        _wait(lambda: nf.stats()["counters"].get("processed", 0) == 2 * len(flows), 3,
+              "counters")  # fmt: skip
+        per_worker = [w["processed"] for w in nf.stats()["workers"]]
+        assert min(per_worker) > 0, per_worker
+    finally:
+        assert nf.stop() == 0
