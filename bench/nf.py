@@ -1,37 +1,45 @@
 """NF cost, throughput and added latency through a real interface.
 
-For each NF (firewall, nat, lb) three real `nfsteer nf` processes run side by side, one per
-state store: local (in-process dict), Redis one packet per round trip (batch 1), Redis
-batched (up to 64 packets per round trip). Each sits on its own veth pair; this process
-generates traffic on the far ends with packet sockets.
+For each NF (firewall, nat, lb) real `nfsteer nf` processes run side by side, one per
+*mode*: by default local (in-process dict), unbatched (Redis, one packet per round trip)
+and batched (Redis, up to 64 packets per round trip); --modes adds batched Redis state with
+one thing changed: socket (--rx socket), blocks (--rx blocks), inflight2 (--in-flight 2),
+w2 (--workers 2, not pinned), before (the NF of another checkout, --compare-with). Each sits
+on its own veth pair; this process generates traffic on the far ends.
 
 Method:
-* The machine must be quiet first: no pytest or other nfsteer process and under 15 % CPU
-  busy; otherwise wait (polling every 20 s, up to --wait-quiet seconds).
+* The machine should be quiet first: no pytest or other nfsteer process and under 15 % CPU
+  busy; otherwise wait (polling every 20 s), at most --wait-quiet seconds, then measure
+  anyway and report how busy it was.
 * Pinning (with two or more CPUs): generator and redis-server on one CPU, the NFs on
-  another, so the NF never competes with the traffic it is measured with.
-* Traffic is a closed loop: a window of frames in flight, so the NF is saturated but its
-  socket never overflows. The three stores take turns in slices of --slice seconds until
-  each has had --duration seconds (one *round* at one frame size); the order rotates every
-  slice and round, so a change in the machine's speed (this is a VM: the same work takes
-  +-25 % CPU time from one moment to the next) hits all three alike.
-* Around each slice the CPU time (user + sys, all threads: /proc/PID/task/*/schedstat) of
-  the NF and of redis-server is read; around each round the NF's counters (its stats
-  file). Per store and round:
+  another, so the NF never competes with the traffic it is measured with (w2 is free to
+  use both).
+* Traffic is a closed loop: a window of 1,024 frames in flight, sent with sendmmsg and
+  counted back in a TPACKET_V3 ring (FastGenerator), so the generator outruns the NF. The
+  modes take turns in slices of --slice seconds until each has had --duration seconds (one
+  *round* at one frame size); the order rotates every slice and round, so a change in the
+  machine's speed (this is a VM: the same work takes +-25 % CPU time from one moment to the
+  next) hits all modes alike.
+* Around each slice the CPU time (user + sys, all threads of the NF and its worker
+  processes: /proc/PID/task/*/schedstat) of the NF and of redis-server is read; around each
+  round the NF's counters (its stats file). Per mode and round:
   - observed pps: frames returned per second of wall time (bounded by the generator too);
   - NF CPU per packet = NF CPU seconds / packets processed (counters); *capacity per core*
     = its inverse, what one instance carries on one core (the headline figure);
   - redis-server CPU per packet (a separate server in a real deployment);
   - batch mean = store operations / batches.
-  Then added latency: frames one at a time, send -> processed frame back.
-* Figures are medians over --rounds rounds with the min-max; ratios to local state are
-  taken per round (paired in time), then their median and range.
+  Then latency: frames one at a time, send -> processed frame back; and open-loop Poisson
+  traffic (PacedGenerator) at 1,000 pps and at 80 % of what the mode carried in a closed
+  loop just before, with the NF's CPU share meanwhile.
+* Figures are medians over --rounds rounds with the min-max; ratios to local state (and to
+  "before") are taken per round (paired in time), then their median and range.
 * CPU outside the bench's own processes (other tasks, interrupts) and hypervisor steal are
   measured per round and reported, so interference is visible rather than assumed away.
 
 Needs root. `--json`: the last line is one JSON object with every figure.
 
-    .venv/bin/python bench/nf.py [--quick] [--rounds 5] [--duration 1.0] [--json]
+    .venv/bin/python bench/nf.py [--quick] [--rounds 5] [--duration 1.0] [--modes ...]
+                                 [--compare-with DIR] [--json]
 """
 
 from __future__ import annotations
