@@ -49,8 +49,54 @@ class Packet:
         self.icmp_type: int = icmp_type  # -1 unless ICMP
 
 
+# The common case in one unpack, from offset 12: ethertype, version/IHL, total length,
+# flags/fragment offset, protocol, addresses, then (with IHL 5) the two ports.
+_COMMON = struct.Struct("!HBxHxxHxBxx4s4sHH")
+COMMON_LEN = 12 + _COMMON.size  # 38: Ethernet, IPv4 without options, ports
+# 4-byte address -> (integer, dotted string): converting both ways costs more than the
+# rest of the common-case parse; a few thousand addresses cover a busy instance. Bounded:
+# emptied when full, so spoofed sources cannot grow it.
+_ADDRS: dict[bytes, tuple[int, str]] = {}
+ADDR_CACHE_MAX = 1 << 16
+
+
+def _addr(b: bytes) -> tuple[int, str]:
+    if len(_ADDRS) >= ADDR_CACHE_MAX:
+        _ADDRS.clear()
+    a = _ADDRS[b] = (int.from_bytes(b, "big"), inet_ntoa(b))
+    return a
+
+
 def parse(frame: bytes) -> Packet | str:
-    """Decode a frame; returns a Packet or the reason (a short string) why it is dropped."""
+    """Decode a frame; returns a Packet or the reason (a short string) why it is dropped.
+
+    The common case (IPv4 without options, unfragmented, TCP or UDP) takes one unpack and
+    checks the IP header checksum as one big-integer remainder: the ones' complement sum
+    of 16-bit words is the integer modulo 0xFFFF, zero for a correct header (whose words
+    sum to 0xFFFF). Everything else goes the long way, :func:`parse_full`."""
+    if len(frame) >= COMMON_LEN:
+        eth, vihl, total, frag, proto, src_b, dst_b, sport, dport = _COMMON.unpack_from(frame, 12)
+        if (
+            eth == ETH_IPV4
+            and vihl == 0x45
+            and not frag & 0x3FFF
+            and L3 + total <= len(frame)
+            and int.from_bytes(frame[L3:L4], "big") % 0xFFFF == 0
+        ):
+            if proto == TCP:
+                if total >= 40 and 5 <= frame[L4 + 12] >> 4 <= (total - 20) >> 2:
+                    src, src_ip = _ADDRS.get(src_b) or _addr(src_b)
+                    dst, dst_ip = _ADDRS.get(dst_b) or _addr(dst_b)
+                    return Packet(TCP, src, dst, src_ip, dst_ip, sport, dport, frame[L4 + 13], -1)
+            elif proto == UDP and 8 <= (frame[L4 + 4] << 8 | frame[L4 + 5]) <= total - 20:
+                src, src_ip = _ADDRS.get(src_b) or _addr(src_b)
+                dst, dst_ip = _ADDRS.get(dst_b) or _addr(dst_b)
+                return Packet(UDP, src, dst, src_ip, dst_ip, sport, dport, 0, -1)
+    return parse_full(frame)
+
+
+def parse_full(frame: bytes) -> Packet | str:
+    """Decode any frame, naming the reason for a drop."""
     n = len(frame)
     if n < 14:
         return "truncated"
@@ -118,22 +164,15 @@ def parse(frame: bytes) -> Packet | str:
     )
 
 
-def _fold(s: int) -> int:
-    while s >> 16:
-        s = (s & 0xFFFF) + (s >> 16)
-    return s
-
-
-def _adjust(csum: int, old: int, new: int) -> int:
-    """RFC 1624 incremental update of a ones'-complement checksum for a change of a 32-bit
-    (or 16-bit) value: HC' = ~(~HC + ~m + m')."""
-    s = (~csum & 0xFFFF) + (~(old >> 16) & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
-    return ~_fold(s) & 0xFFFF
-
-
 def ip_to_int(ip: str) -> int:
     a, b, c, d = (int(x) for x in ip.split("."))
     return (a << 24) | (b << 16) | (c << 8) | d
+
+
+def _delta(old: int, new: int) -> int:
+    """What a 32-bit (or 16-bit) field changing from ``old`` to ``new`` adds to the
+    complemented ones'-complement sum (RFC 1624: HC' = ~(~HC + ~m + m'))."""
+    return (~old >> 16 & 0xFFFF) + (~old & 0xFFFF) + (new >> 16) + (new & 0xFFFF)
 
 
 def rewrite(
@@ -145,9 +184,10 @@ def rewrite(
     dport: int | None = None,
 ) -> bytes:
     """A copy of ``frame`` with new source/destination address/port, checksums updated
-    incrementally (IP header; TCP/UDP including the pseudo-header; ICMP echo identifier)."""
+    incrementally (IP header; TCP/UDP including the pseudo-header; ICMP echo identifier).
+    The changes are summed first and folded once per checksum (the per-packet cost of
+    NAT and LB)."""
     out = bytearray(frame)
-    ip_csum = (out[L3 + 10] << 8) | out[L3 + 11]
     proto = pkt.proto
     if proto == TCP:
         coff = L4 + 16
@@ -155,31 +195,41 @@ def rewrite(
         coff = L4 + 6
     else:
         coff = L4 + 2
+    ip_sum = ~((out[L3 + 10] << 8) | out[L3 + 11]) & 0xFFFF
     l4_csum = (out[coff] << 8) | out[coff + 1]
+    l4_sum = ~l4_csum & 0xFFFF
     udp_no_csum = proto == UDP and l4_csum == 0
     if src is not None and src != pkt.src:
-        ip_csum = _adjust(ip_csum, pkt.src, src)
+        d = _delta(pkt.src, src)
+        ip_sum += d
         if proto != ICMP:
-            l4_csum = _adjust(l4_csum, pkt.src, src)
+            l4_sum += d
         out[L3 + 12 : L3 + 16] = src.to_bytes(4, "big")
     if dst is not None and dst != pkt.dst:
-        ip_csum = _adjust(ip_csum, pkt.dst, dst)
+        d = _delta(pkt.dst, dst)
+        ip_sum += d
         if proto != ICMP:
-            l4_csum = _adjust(l4_csum, pkt.dst, dst)
+            l4_sum += d
         out[L3 + 16 : L3 + 20] = dst.to_bytes(4, "big")
     if proto == ICMP:
         # The echo identifier is the only "port"; sport and dport name the same field.
         new_id = sport if sport is not None else dport
         if new_id is not None and new_id != pkt.sport:
-            l4_csum = _adjust(l4_csum, pkt.sport, new_id)
+            l4_sum += (~pkt.sport & 0xFFFF) + new_id
             out[L4 + 4 : L4 + 6] = new_id.to_bytes(2, "big")
     else:
         if sport is not None and sport != pkt.sport:
-            l4_csum = _adjust(l4_csum, pkt.sport, sport)
+            l4_sum += (~pkt.sport & 0xFFFF) + sport
             out[L4 : L4 + 2] = sport.to_bytes(2, "big")
         if dport is not None and dport != pkt.dport:
-            l4_csum = _adjust(l4_csum, pkt.dport, dport)
+            l4_sum += (~pkt.dport & 0xFFFF) + dport
             out[L4 + 2 : L4 + 4] = dport.to_bytes(2, "big")
+    while ip_sum >> 16:
+        ip_sum = (ip_sum & 0xFFFF) + (ip_sum >> 16)
+    while l4_sum >> 16:
+        l4_sum = (l4_sum & 0xFFFF) + (l4_sum >> 16)
+    ip_csum = ~ip_sum & 0xFFFF
+    l4_csum = ~l4_sum & 0xFFFF
     if udp_no_csum:
         l4_csum = 0  # UDP checksum 0 means "none": keep it so
     elif proto == UDP and l4_csum == 0:

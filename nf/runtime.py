@@ -7,15 +7,12 @@ is someone else's (``PACKET_OTHERHOST``). The instance's own traffic (e.g. to Re
 may share the interface), broadcasts, multicasts and our own transmissions are left to the
 kernel and counted as not steered.
 
-PACKET_MMAP rings and recvmmsg would save a system call per frame, but Python has no
-recvmmsg and walking a ring in Python costs about what the system call does; the per-frame
-cost is dominated by Python itself (see bench/nf.py), so plain non-blocking recv is used.
+How frames are received and sent (a receive ring or one system call per frame, a fanout
+group shared with other worker processes) is nf/packetio.py's business.
 """
 
 from __future__ import annotations
 
-import contextlib
-import errno
 import logging
 import select
 import socket
@@ -29,16 +26,11 @@ from typing import Any
 from nf.base import NetworkFunction
 from nf.heartbeat import Heartbeat
 from nf.packet import NOT_STEERED, parse
+from nf.packetio import LINK_DOWN_ERRNOS, InterfaceGone, PacketIO
 from nf.state import LocalStore, NotReplicated, RedisStore, StoreUnavailable
 
 log = logging.getLogger("nfsteer.nf")
 
-ETH_P_ALL = 0x0003
-SOL_PACKET = 263
-PACKET_ADD_MEMBERSHIP = 1
-PACKET_MR_PROMISC = 1
-PACKET_IGNORE_OUTGOING = 23
-PACKET_HOST, PACKET_BROADCAST, PACKET_MULTICAST, PACKET_OTHERHOST, PACKET_OUTGOING = range(5)
 BATCH_BUCKETS = (1, 4, 16, 64, 256)
 
 
@@ -130,22 +122,22 @@ class Processor:
         nf = self.nf
         if self.held:
             frames = self._take_held() + list(frames)
+        request = nf.request
         out: list[bytes] = []
         pending: list[tuple[bytes, Any]] = []
         ops = []
         dropped = c.dropped
+        not_steered = 0
         for frame in frames:
             pkt = parse(frame)
             if type(pkt) is str:
                 if pkt is NOT_STEERED:
-                    c.not_steered += 1
+                    not_steered += 1
                 else:
-                    c.processed += 1
                     dropped[pkt] += 1
                 continue
-            c.processed += 1
             try:
-                req = nf.request(pkt)
+                req = request(pkt)
             except Exception as e:  # a bug must cost a packet, not the instance
                 dropped["internal_error"] += 1
                 log.debug("request failed: %r", e)
@@ -157,6 +149,8 @@ class Processor:
             else:
                 pending.append((frame, pkt))
                 ops.append(req)
+        c.processed += len(frames) - not_steered
+        c.not_steered += not_steered
         if not ops:
             return out, None
         n = len(ops)
@@ -234,102 +228,76 @@ class Processor:
         return out
 
 
-def open_socket(interface: str, rcvbuf: int = 4 << 20) -> socket.socket:
-    """A non-blocking AF_PACKET socket on ``interface`` that sees frames for other MACs."""
-    sock = socket.socket(socket.AF_PACKET, socket.SOCK_RAW, socket.htons(ETH_P_ALL))
-    with contextlib.suppress(OSError):  # Linux >= 4.20; the packet type is checked anyway
-        sock.setsockopt(SOL_PACKET, PACKET_IGNORE_OUTGOING, 1)
-    for opt in (33, socket.SO_RCVBUF):  # SO_RCVBUFFORCE (root) first, then the capped one
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
-            break
-        except OSError:
-            continue
-    # The same for sending: frames held through a store failover go out in one burst.
-    for opt in (32, socket.SO_SNDBUF):  # SO_SNDBUFFORCE (root) first
-        try:
-            sock.setsockopt(socket.SOL_SOCKET, opt, rcvbuf)
-            break
-        except OSError:
-            continue
-    sock.bind((interface, ETH_P_ALL))
-    ifindex = socket.if_nametoindex(interface)
-    # Promiscuous for the socket's lifetime only (undone by the kernel when it closes).
-    mreq = struct.pack("iHH8s", ifindex, PACKET_MR_PROMISC, 0, b"")
-    sock.setsockopt(SOL_PACKET, PACKET_ADD_MEMBERSHIP, mreq)
-    sock.setblocking(False)
-    return sock
-
-
-# recv/send errors while the interface is down (e.g. its link was taken down): the instance
-# waits for the link to come back instead of exiting, so it can carry traffic again.
-LINK_DOWN_ERRNOS = frozenset({errno.ENETDOWN, errno.ENXIO})
-
-
 class PacketLoop:
     """Receive a batch, process it, send the results; until ``stop`` is set. It also
-    sends the instance's heartbeat (see nf/heartbeat.py)."""
+    sends the instance's heartbeat (see nf/heartbeat.py) and records when it last turned
+    (``turn_at``), which a supervising process reads to tell a hung loop."""
 
     def __init__(
         self,
         processor: Processor,
-        sock: socket.socket,
+        io: PacketIO,
         batch: int = 64,
         heartbeat: Heartbeat | None = None,
+        in_flight: int = 1,
     ):
         self.p = processor
-        self.sock = sock
+        self.io = io
         self.batch = max(1, batch)
         self.heartbeat = heartbeat
+        self.in_flight = max(1, in_flight)
         self.stop = threading.Event()
         self.link_down = False
+        self.turn_at = time.monotonic()
 
     def _set_link_down(self, down: bool) -> None:
         if down != self.link_down:
             self.link_down = down
             log.warning("interface %s", "down: waiting for it" if down else "up again")
 
+    def _check_link(self) -> None:
+        """After a link-down error: raise InterfaceGone if the interface was deleted."""
+        self._set_link_down(True)
+        if self.io.gone():
+            raise InterfaceGone(f"interface {self.io.interface} disappeared")
+
     def run(self) -> None:
-        """Two batches in flight: while the store works on batch k, batch k+1 is read,
-        parsed and sent to it; then batch k's results are completed and sent. The store's
-        time overlaps the NF's own work instead of adding to it; a batch never waits for
-        the next one to arrive.
+        """Batches in flight: while the store works on batch k (and up to ``in_flight``
+        batches before it), batch k+1 is read, parsed and sent to it; then the oldest
+        batch's results are completed and sent. The store's time overlaps the NF's own
+        work instead of adding to it; a batch never waits for the next one to arrive.
 
         A due heartbeat rides along with the batch sent to the store; with no batch to
         carry it, it goes alone, once nothing is in flight."""
-        sock = self.sock
+        io = self.io
         c = self.p.counters
-        recv = sock.recvfrom
+        receive = io.receive
         batch = self.batch
         prepare, finish = self.p.prepare, self.p.finish
         stop = self.stop
         hb = self.heartbeat
         ride_along = hb is not None and hb.channel is self.p.store
         monotonic = time.monotonic
-        previous = None
+        depth = self.in_flight
+        pending: deque[Pending] = deque()
         while not stop.is_set():
-            now = monotonic()
+            now = self.turn_at = monotonic()
             beat = hb is not None and hb.due(now)
-            frames = []
-            while len(frames) < batch:
-                try:
-                    data, addr = recv(65535)
-                except (BlockingIOError, InterruptedError):
-                    break
-                except OSError as e:
-                    if e.errno not in LINK_DOWN_ERRNOS:
-                        raise
-                    self._set_link_down(True)
-                    break
+            frames: list[bytes] = []
+            try:
+                n = receive(batch, frames)
+            except OSError as e:
+                if e.errno not in LINK_DOWN_ERRNOS:
+                    raise
+                self._check_link()
+                n = 0
+            if n:
                 if self.link_down:
                     self._set_link_down(False)
-                c.received += 1
-                if addr[2] != PACKET_OTHERHOST:
-                    c.not_steered += 1
-                    continue
-                frames.append(data)
+                c.received += n
+                c.not_steered += n - len(frames)
             current = None
-            if not frames and self.p.held and previous is None:
+            if not frames and self.p.held and not pending:
                 frames_ready, current = prepare([])  # held frames: try the store again
                 if frames_ready:
                     self._send(frames_ready)
@@ -343,24 +311,36 @@ class PacketLoop:
                     ready, current = prepare(frames)
                 if ready:
                     self._send(ready)
-            if previous is not None:
-                self._send(finish(previous))
-            previous = current
-            if beat:  # nothing carried it: nothing is in flight now (current is None)
+            if current is not None:
+                pending.append(current)
+            # Complete the oldest batch once ``depth`` are in flight, or when no new batch
+            # came (nothing else to overlap with).
+            while pending and (len(pending) > depth or current is None):
+                self._send(finish(pending.popleft()))
+            if beat and not pending:  # nothing carried it and nothing is in flight now
                 hb.send_alone(now)
-            if not frames and previous is None:
+            if not frames and not pending:
                 wait = 0.05 if hb is None else min(0.05, hb.wait_s(monotonic()))
                 if self.link_down:
                     stop.wait(wait)
+                    if io.gone():
+                        raise InterfaceGone(f"interface {io.interface} disappeared")
                     continue
-                with contextlib.suppress(InterruptedError):
-                    select.select([sock], [], [], wait)
-        if previous is not None:
-            self._send(finish(previous))
+                try:
+                    readable = select.select([io], [], [], wait)[0]
+                except InterruptedError:
+                    continue
+                if readable and io.rx != "socket":
+                    # A ring has no recv to raise a socket error: read it here.
+                    err = io.pending_error()
+                    if err in LINK_DOWN_ERRNOS:
+                        self._check_link()
+        while pending:
+            self._send(finish(pending.popleft()))
 
     def _send(self, frames: list[bytes]) -> None:
         c = self.p.counters
-        send = self.sock.send
+        send = self.io.send
         for f in frames:
             try:
                 send(f)
@@ -379,7 +359,7 @@ class PacketLoop:
 
     def _wait_writable(self) -> bool:
         try:
-            return bool(select.select([], [self.sock], [], 0.01)[1])
+            return bool(select.select([], [self.io], [], 0.01)[1])
         except OSError:
             return False
 

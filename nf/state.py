@@ -513,7 +513,7 @@ def pack_batch(sha: str, cfg: Sequence[Any], ops: Sequence[Op]) -> bytes:
 
 
 def redis_client(url: str, timeout_s: float = 0.05) -> Any:
-    """The one redis-py client of an NF process (see ``controller/storeurl.py`` for the
+    """The one redis-py client of an NF process (see ``contract/storeurl.py`` for the
     URLs: one server, ``redis+sentinel://`` or ``redis+cluster://``). Timeouts are tens of
     milliseconds: a packet loop must not hang on a dead or stopped store — a batch takes
     well under a millisecond — and after a failover the next connection asks the Sentinels

@@ -1,0 +1,76 @@
+"""The common-case parse agrees with the full parse on every frame; --workers values;
+counters summed over workers."""
+
+from __future__ import annotations
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+from nf_support import tcp, udp
+
+from nf.cli import parse_workers
+from nf.packet import Packet, parse, parse_full
+from nf.workers import sum_counters
+
+
+def _same(a, b) -> bool:
+    if isinstance(a, Packet) and isinstance(b, Packet):
+        return all(getattr(a, k) == getattr(b, k) for k in Packet.__slots__)
+    return a == b
+
+
+VALID = [
+    tcp("10.0.0.1", "10.0.0.129", 1000, 80, "PA", payload=b"x" * 30),
+    tcp("192.0.2.7", "10.9.8.7", 65535, 1, "S"),
+    udp("10.0.0.1", "10.0.0.131", 53, 5353, payload=b"abc"),
+]
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    base=st.sampled_from(VALID),
+    edits=st.lists(st.tuples(st.integers(0, 80), st.integers(0, 255)), max_size=4),
+    cut=st.integers(0, 120),
+)
+def test_common_case_parse_equals_full_parse(base, edits, cut):
+    f = bytearray(base)
+    for pos, val in edits:
+        if pos < len(f):
+            f[pos] = val
+    frame = bytes(f[: max(cut, 0)] if cut < len(f) else f)
+    assert _same(parse(frame), parse_full(frame))
+
+
+def test_common_case_parse_on_random_bytes():
+    rng = random.Random(7)
+    for _ in range(3000):
+        head = bytes.fromhex("0200000000810200000000010800") + bytes([0x45])
+        frame = head + rng.randbytes(rng.randrange(0, 80))
+        assert _same(parse(frame), parse_full(frame))
+
+
+@given(st.one_of(st.text(max_size=12), st.integers(-10, 10**12).map(str)))
+def test_workers_value_is_a_count_or_a_reason(value):
+    out = parse_workers(value, 2)
+    assert (isinstance(out, int) and 1 <= out <= 8) or (isinstance(out, str) and out)
+
+
+def test_workers_values():
+    assert parse_workers("auto", 3) == 3
+    assert parse_workers("8", 2) == 8
+    assert "at most 8" in parse_workers("9", 2)
+    assert parse_workers("0", 2) == "--workers must be at least 1"
+    assert "whole number" in parse_workers("²", 2)
+    assert "whole number" in parse_workers("9" * 5000, 2)
+
+
+def test_counters_sum_over_workers():
+    a = {"processed": 10, "dropped": {"x": 1}, "batches": 2, "store_ops": 8, "batch_max": 5,
+         "batch_mean": 4.0, "store_available": True}  # fmt: skip
+    b = {"processed": 5, "dropped": {"x": 2, "y": 1}, "batches": 1, "store_ops": 1,
+         "batch_max": 9, "batch_mean": 1.0, "store_available": False}  # fmt: skip
+    out = sum_counters([a, b, {}])
+    assert out["processed"] == 15 and out["dropped"] == {"x": 3, "y": 1}
+    assert out["batch_max"] == 9 and out["batch_mean"] == 3.0
+    assert out["store_available"] is False
