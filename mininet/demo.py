@@ -52,6 +52,14 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="heartbeat expiry of NF instances (default 300)",
     )
     p.add_argument("--quick", action="store_true", help="shorter pauses (as in the tests)")
+    p.add_argument(
+        "--controllers",
+        type=int,
+        default=2,
+        metavar="N",
+        help="controllers sharing the store, one leading (default 2: the demo kills and "
+        "pauses the leader; 1: no controller events)",
+    )
 
 
 def prerequisites(topology_path: str) -> list[str]:
@@ -146,15 +154,21 @@ def run(args: argparse.Namespace) -> int:
     timing = scaleout.TEST_TIMING if args.quick else scaleout.DEMO_TIMING
     t_begin = time.monotonic()
     say(f"*** building {args.topology} in Mininet (Redis, controller, echo servers)")
+    if args.controllers < 1:
+        print("nfsteer demo: --controllers must be at least 1", file=sys.stderr)
+        return 2
     with scaleout.nfnet.Emulation(
-        Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms
+        Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms, controllers=args.controllers
     ) as emu:
         pool = args.pool or next(p for p, v in emu.topology.pools.items() if len(v.instances) >= 3)
         say(
             f"*** network up in {time.monotonic() - t_begin:.1f} s; controller API "
             f"{emu.api_base}; pool {pool}, NF state {args.state}"
         )
-        report = scaleout.Scenario(emu, pool, args.state, timing, say, store_failover=True).run()
+        report = scaleout.Scenario(
+            emu, pool, args.state, timing, say, store_failover=True,
+            controller_events=args.controllers > 1,
+        ).run()  # fmt: skip
         say("*** stopping the network")
     stem = f"demo-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
     json_path, png_path = scaleout.write_report(report, Path(args.out), stem)

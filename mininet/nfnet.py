@@ -196,12 +196,13 @@ class Emulation:
     start_servers: bool = True
     controller_log_level: str = "INFO"
     store: str = "replicated"  # or "single" (one Redis, no persistence)
+    controllers: int = 1  # several: one leads (a lease in the store), the others stand by
+    lease_ms: int = 1000  # the leader's lease when there are several
     topology: Topology = field(init=False)
     net: Mininet | None = field(init=False, default=None)
     nfs: dict[str, NFProcess] = field(init=False, default_factory=dict)
     servers: list[subprocess.Popen] = field(init=False, default_factory=list)
     redis_proc: subprocess.Popen | None = field(init=False, default=None)
-    controller_proc: subprocess.Popen | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.topology_path = Path(self.topology_path).resolve()
@@ -210,8 +211,12 @@ class Emulation:
         self.workdir = Path(self.workdir or tempfile.mkdtemp(prefix="em-nfsteer-"))
         self.workdir.mkdir(parents=True, exist_ok=True)
         self.python = venv_python()
-        self.of_port = free_port()
-        self.api_port = free_port()
+        if self.controllers < 1:
+            raise ValueError("controllers must be at least 1")
+        # (OpenFlow port, API port) of each controller; the first is the default one
+        self.controller_ports = [(free_port(), free_port()) for _ in range(self.controllers)]
+        self.of_port, self.api_port = self.controller_ports[0]
+        self.controller_procs: list[subprocess.Popen | None] = [None] * self.controllers
         self.redis_port = free_port()
         self.redis_password = secrets.token_hex(12)
         self.redis_socket = self.workdir / "redis.sock"
@@ -239,7 +244,15 @@ class Emulation:
 
     @property
     def api_base(self) -> str:
+        """A running controller's API (a standby redirects changes to the leader)."""
+        for i, proc in enumerate(self.controller_procs):
+            if proc is not None and proc.poll() is None:
+                return f"http://127.0.0.1:{self.controller_ports[i][1]}"
         return f"http://127.0.0.1:{self.api_port}"
+
+    @property
+    def controller_proc(self) -> subprocess.Popen | None:
+        return self.controller_procs[0]
 
     # ---- life cycle ----------------------------------------------------------------------
     def __enter__(self) -> Emulation:
@@ -272,9 +285,13 @@ class Emulation:
             autoStaticArp=False,
             waitConnected=False,
         )
-        self.net.addController(
-            ctl_name, controller=RemoteController, ip="127.0.0.1", port=self.of_port
-        )
+        for i, (of_port, _) in enumerate(self.controller_ports):
+            self.net.addController(
+                ctl_name if i == 0 else f"{ctl_name}{i + 1}",
+                controller=RemoteController,
+                ip="127.0.0.1",
+                port=of_port,
+            )
         self.net.build()
         self.net.start()
         if self.store_layout is not None:
@@ -295,8 +312,7 @@ class Emulation:
         if self.net is not None:
             self.net.stop()
             self.net = None
-        _stop_process(self.controller_proc)
-        self.controller_proc = None
+        self.stop_controllers()
         _stop_process(self.redis_proc)
         self.redis_proc = None
         self.stop_store()
@@ -387,30 +403,62 @@ class Emulation:
             subprocess.run(["ip", "link", "del", STORE_BRIDGE], capture_output=True)
 
     def start_controller(self) -> None:
-        log = open(self.workdir / "controller.out", "ab")  # noqa: SIM115 - owned by the process
+        """Every controller (one, or several sharing the store: one leads)."""
+        for i in range(self.controllers):
+            self.start_one_controller(i)
+
+    def controller_log(self, i: int) -> Path:
+        assert self.workdir is not None
+        return self.workdir / ("controller.out" if i == 0 else f"controller{i + 1}.out")
+
+    def start_one_controller(self, i: int) -> None:
+        of_port, api_port = self.controller_ports[i]
+        log = open(self.controller_log(i), "ab")  # noqa: SIM115 - owned by the process
         cmd = [str(self.python), "-m", "controller.cli", "controller"]
         cmd += ["--topology", str(self.topology_path)]
-        cmd += ["--listen", f"127.0.0.1:{self.of_port}", "--api", f"127.0.0.1:{self.api_port}"]
+        cmd += ["--listen", f"127.0.0.1:{of_port}", "--api", f"127.0.0.1:{api_port}"]
         cmd += ["--heartbeat-ttl-ms", str(self.heartbeat_ttl_ms)]
+        cmd += ["--id", f"ctl{i + 1}", "--lease-ms", str(self.lease_ms)]
         cmd += ["--log-level", self.controller_log_level]
         # The Redis URL carries the password: in the environment, not on the command line.
         env = {**os.environ, "NFSTEER_REDIS": self.redis_url}
-        self.controller_proc = subprocess.Popen(
-            cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env
-        )
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, cwd=REPO, env=env)
+        self.controller_procs[i] = proc
         log.close()
         try:
-            _wait_port("127.0.0.1", self.of_port, 30, self.controller_proc)
+            _wait_port("127.0.0.1", of_port, 30, proc)
         except (RuntimeError, TimeoutError) as e:
-            tail = (self.workdir / "controller.out").read_text(errors="replace")[-2000:]
+            tail = self.controller_log(i).read_text(errors="replace")[-2000:]
             raise RuntimeError(f"the controller did not start ({e}):\n{tail}") from None
+
+    def stop_controllers(self) -> None:
+        for i, proc in enumerate(self.controller_procs):
+            if proc is not None:
+                with contextlib.suppress(ProcessLookupError):
+                    proc.send_signal(signal.SIGCONT)  # a paused one must be able to stop
+                _stop_process(proc)
+            self.controller_procs[i] = None
+
+    def leader(self) -> int | None:
+        """Index of the controller that leads now (None: none does)."""
+        import httpx
+
+        for i, proc in enumerate(self.controller_procs):
+            if proc is None or proc.poll() is not None:
+                continue
+            with contextlib.suppress(httpx.HTTPError, ValueError):
+                url = f"http://127.0.0.1:{self.controller_ports[i][1]}/healthz"
+                role = httpx.get(url, timeout=0.5).json().get("role")
+                if role in ("leader", "single"):
+                    return i
+        return None
 
     def restart_control_plane(self) -> None:
         """Fresh Redis and controller (the network stays): a clean slate between scenarios."""
         for nf in list(self.nfs.values()):
             self.stop_nf(nf.name, kill=True)
         self.nfs.clear()
-        _stop_process(self.controller_proc)
+        self.stop_controllers()
         if self.store_layout is not None:
             self.flush_redis()  # the store network and its links stay
         else:
@@ -445,7 +493,7 @@ class Emulation:
     def api(self, method: str, path: str, **kw: Any) -> Any:
         import httpx
 
-        r = httpx.request(method, self.api_base + path, timeout=5, **kw)
+        r = httpx.request(method, self.api_base + path, timeout=5, follow_redirects=True, **kw)
         r.raise_for_status()
         return r.json() if r.content else None
 
@@ -643,6 +691,9 @@ def main(argv: list[str] | None = None) -> int:
         default="replicated",
         help="replicated: primary, 2 replicas, 3 Sentinels (default); single: one Redis",
     )
+    p.add_argument(
+        "--controllers", type=int, default=1, help="controllers (several: one leads; default 1)"
+    )
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("nfnet: must run as root (Mininet and Open vSwitch need it)", file=sys.stderr)
@@ -651,7 +702,10 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         emu = Emulation(
-            Path(args.topology), heartbeat_ttl_ms=args.heartbeat_ttl_ms, store=args.store
+            Path(args.topology),
+            heartbeat_ttl_ms=args.heartbeat_ttl_ms,
+            store=args.store,
+            controllers=args.controllers,
         )
     except ConfigError as e:
         print(f"nfnet: {e}", file=sys.stderr)

@@ -11,6 +11,8 @@ Timeline (``Timing`` sets the pauses; the instance order is the pool's order in 
     link down of another .......... detected by port status
     link up again ................. the instance rejoins
     store-failover ................ kill -9 the store's primary (demo; replicated store)
+    controller-failover ........... kill -9 the leading controller (several controllers)
+    controller-pause .............. SIGSTOP the leader for three lease lengths, then SIGCONT
     scale in: SIGTERM all but the first (each drains, then deregisters)
 
 Per-instance traffic is read from the switches' port counters (``ovs-ofctl dump-ports``:
@@ -323,6 +325,11 @@ def wait_member(
     return None
 
 
+# Failovers of the control and state planes: each costs a gap of its own, reported apart
+# from (and not counted as) a stall.
+FAILOVER_EVENTS = ("store-failover", "controller-failover", "controller-pause")
+
+
 # ---- the scenario ------------------------------------------------------------------------
 class Scenario:
     def __init__(
@@ -334,8 +341,12 @@ class Scenario:
         say: Say = print,
         port: int = 5001,
         store_failover: bool = False,
+        controller_events: bool = False,
     ):
         self.emu = emu
+        # kill -9 the leading controller, then pause it for three lease lengths (needs
+        # several controllers): a standby takes over; the gap each costs is reported.
+        self.controller_events = controller_events and emu.controllers > 1
         # kill -9 the store's primary once (needs the replicated store): Sentinel promotes
         # a replica and every client follows; the gap it costs is reported on its own.
         self.store_failover = store_failover and getattr(emu, "store_layout", None) is not None
@@ -471,6 +482,12 @@ class Scenario:
                 self.kill_store_primary()
                 self.sleep(self.timing.phase)
 
+            if self.controller_events:
+                self.controller_failover()
+                self.sleep(self.timing.phase)
+                self.controller_pause()
+                self.sleep(self.timing.phase)
+
             drain = [n for n in [*rest[1:], second] if self.emu.nfs[n].alive()]
             self.event("scale-in", None, to=1, draining=",".join(drain))
             for name in drain:
@@ -509,13 +526,61 @@ class Scenario:
             self.say(f"          store: {new[0]}:{new[1]} promoted after {took:.2f} s")
         up(layout)  # the old primary comes back as a replica
 
+    def wait_leader(self, other_than: int, timeout: float = 15.0) -> int | None:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            lead = self.emu.leader()
+            if lead is not None and lead != other_than:
+                return lead
+            time.sleep(0.05)
+        return None
+
+    def controller_failover(self) -> None:
+        """kill -9 the leader; a standby takes over; the killed one comes back as one."""
+        old = self.emu.leader()
+        if old is None:
+            self.say("          controllers: no leader known; controller-failover skipped")
+            return
+        proc = self.emu.controller_procs[old]
+        assert proc is not None
+        self.event("controller-failover", None, leader=f"ctl{old + 1}", signal="SIGKILL")
+        proc.kill()
+        proc.wait()
+        new = self.wait_leader(old)
+        took = self.now() - self.events[-1]["t"]
+        self.figures["controller_takeover_s"] = round(took, 3) if new is not None else None
+        if new is not None:
+            self.say(f"          controllers: ctl{new + 1} leads after {took:.2f} s")
+        self.emu.start_one_controller(old)  # back, as a standby
+
+    def controller_pause(self) -> None:
+        """SIGSTOP the leader for three lease lengths, then SIGCONT: it must come back as a
+        standby and change nothing."""
+        old = self.emu.leader()
+        if old is None:
+            self.say("          controllers: no leader known; controller-pause skipped")
+            return
+        proc = self.emu.controller_procs[old]
+        assert proc is not None
+        pause = 3 * self.emu.lease_ms / 1000
+        self.event("controller-pause", None, leader=f"ctl{old + 1}", seconds=pause)
+        os.kill(proc.pid, signal.SIGSTOP)
+        new = self.wait_leader(old, timeout=pause + 10)
+        took = self.now() - self.events[-1]["t"]
+        self.figures["controller_pause_takeover_s"] = round(took, 3) if new is not None else None
+        self.sleep(max(0.0, pause - took))
+        os.kill(proc.pid, signal.SIGCONT)
+        if new is not None:
+            self.say(f"          controllers: ctl{new + 1} leads after {took:.2f} s; "
+                     f"ctl{old + 1} resumed after {pause:.0f} s")  # fmt: skip
+
     # -- figures --
     def report(self, finals: dict[str, dict]) -> dict[str, Any]:
         conns = [c for f in finals.values() for c in f.get("conns", [])]
         long_total = len(conns)
         broken = [c for c in conns if c["state"] == "broken"]
         # A store failover costs its own gap (reported below), not counted as a stall.
-        failover = [e["wall"] for e in self.events if e["kind"] == "store-failover"]
+        failover = [e["wall"] for e in self.events if e["kind"] in FAILOVER_EVENTS]
 
         def outside_failover(start: float) -> bool:
             return not any(w - 0.3 <= start <= w + self.timing.phase for w in failover)
@@ -539,7 +604,7 @@ class Scenario:
                 "link-down",
                 "link-up",
                 "drain",
-                "store-failover",
+                *FAILOVER_EVENTS,
             ):
                 continue
             # gaps that began from just before the event until the next phase
@@ -554,7 +619,7 @@ class Scenario:
         self.figures["gaps"] = gaps
         self.figures["failure_gap_s"] = {
             kind: max([g["max_gap_s"] for g in gaps.values() if g["kind"] == kind] + [0.0])
-            for kind in ("kill", "link-down", "store-failover")
+            for kind in ("kill", "link-down", *FAILOVER_EVENTS)
         }
         summary = {
             "long_connections": long_total,
@@ -625,6 +690,8 @@ def plot(report: dict[str, Any], path: Path) -> None:
         "link-up": "green",
         "drain": "purple",
         "store-failover": "black",
+        "controller-failover": "blue",
+        "controller-pause": "teal",
     }
     top = max([max(v) for v in tr["pps"].values() if v] + [1.0])
     for ev in report["events"]:
@@ -678,6 +745,14 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
             if "store_promoted_s" in f
             else ""
         )
+        + (
+            f", leader kill {fg.get('controller-failover', 0):.3f} s (standby leading after "
+            f"{f.get('controller_takeover_s')} s), leader paused "
+            f"{fg.get('controller-pause', 0):.3f} s "
+            f"(standby leading after {f.get('controller_pause_takeover_s')} s)"
+            if "controller_takeover_s" in f
+            else ""
+        )
     )
     tt = f.get("time_to_traffic", {})
     lines.append(
@@ -706,6 +781,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", default=str(nfnet.REPO / "reports"))
     p.add_argument("--quick", action="store_true", help="the shorter timings of the tests")
     p.add_argument("--keep", default=None, help="keep logs and sockets in this directory")
+    p.add_argument("--controllers", type=int, default=2, help="controllers (default 2)")
     args = p.parse_args(argv)
     if os.geteuid() != 0:
         print("scaleout: must run as root", file=sys.stderr)
@@ -714,10 +790,15 @@ def main(argv: list[str] | None = None) -> int:
 
     setLogLevel("warning")
     workdir = Path(args.keep) if args.keep else None
-    with nfnet.Emulation(Path(args.topology), workdir=workdir, heartbeat_ttl_ms=300) as emu:
+    with nfnet.Emulation(
+        Path(args.topology), workdir=workdir, heartbeat_ttl_ms=300, controllers=args.controllers
+    ) as emu:
         pool = args.pool or next(iter(emu.topology.pools))
         timing = TEST_TIMING if args.quick else DEMO_TIMING
-        sc = Scenario(emu, pool, args.state, timing, store_failover=True)
+        sc = Scenario(
+            emu, pool, args.state, timing, store_failover=True,
+            controller_events=args.controllers > 1,
+        )  # fmt: skip
         report = sc.run()
     stem = f"scaleout-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
     j, png = write_report(report, Path(args.out), stem)
