@@ -105,4 +105,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Mininet's logger prints with a handler of its own (the demo): not a second time here.
-    logging.getLogger("mininet").propagate = False
+    # Only once Mininet made it: created here first, it would lack Mininet's logger class.
+    mininet_logger = logging.root.manager.loggerDict.get("mininet")
+    if isinstance(mininet_logger, logging.Logger):
+        mininet_logger.propagate = False

@@ -146,7 +146,11 @@ def run(args: argparse.Namespace) -> int:
             print(f"  - {m}", file=sys.stderr)
         return 1
     scaleout = load_scenario()
+    import logging
+
     from mininet.log import setLogLevel
+
+    logging.getLogger("mininet").propagate = False  # it prints with a handler of its own
 
     setLogLevel("warning")
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the network on `kill`

@@ -45,7 +45,7 @@ def require_emulation() -> None:
     require(importlib.util.find_spec("mininet") is not None, "Mininet (python package)")
 
 
-def emulation(topology: str, workdir: Path) -> Iterator[object]:
+def emulation(topology: str, workdir: Path, controllers: int = 1) -> Iterator[object]:
     """A running network for a whole test module; everything is stopped afterwards.
 
     Logs of the controller, Redis and every process go to ``workdir``; set
@@ -59,7 +59,9 @@ def emulation(topology: str, workdir: Path) -> Iterator[object]:
     from mininet.log import setLogLevel
 
     setLogLevel("warning")
-    emu = nfnet.Emulation(TOPOLOGIES / topology, workdir=workdir, heartbeat_ttl_ms=300)
+    emu = nfnet.Emulation(
+        TOPOLOGIES / topology, workdir=workdir, heartbeat_ttl_ms=300, controllers=controllers
+    )
     busy = [s for s in emu.topology.switches if _bridge_exists(s)]
     require(not busy, f"free bridge names ({', '.join(busy)} exist)")
     with emu:

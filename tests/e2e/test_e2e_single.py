@@ -1,6 +1,8 @@
-"""End to end on topologies/single.yaml: Mininet + OVS + controller + Redis + NF processes +
-real TCP. The firewall pool grows from one instance to four (fw4 with twice the capacity),
-loses one to SIGKILL and one to a link failure, and drains back to one, under steady traffic.
+"""End to end on topologies/single.yaml: Mininet + OVS + two controllers + the replicated
+store + NF processes + real TCP. The firewall pool grows from one instance to four (fw4 with
+twice the capacity), loses one to SIGKILL and one to a link failure, the store loses its
+primary, the leading controller is killed and then another paused, and the pool drains back
+to one, under steady traffic.
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ pytestmark = [
 
 @pytest.fixture(scope="module")
 def emu(tmp_path_factory):
-    yield from emulation("single.yaml", tmp_path_factory.mktemp("em-single"))
+    yield from emulation("single.yaml", tmp_path_factory.mktemp("em-single"), controllers=2)
 
 
 @pytest.fixture
@@ -43,9 +45,14 @@ def test_each_instance_gets_its_capacity_share_of_flows(emu, scaleout):
 
 def test_redis_state_keeps_every_connection_through_scale_out_failures_and_scale_in(emu, scaleout):
     emu.restart_control_plane()
-    report = scaleout.Scenario(emu, "fw", "redis", scaleout.TEST_TIMING, say=lambda _: None).run()
+    report = scaleout.Scenario(
+        emu, "fw", "redis", scaleout.TEST_TIMING, say=lambda _: None, controller_events=True
+    ).run()
     s, f = report["summary"], report["figures"]
     detail = "\n".join(scaleout.summary_lines(report)) + "\n" + logs(emu)
+    # the leader was killed, then the next one paused: a standby took over each time
+    assert f["controller_takeover_s"] is not None and f["controller_takeover_s"] < 3, detail
+    assert f["controller_pause_takeover_s"] is not None, detail
     assert s["long_connections"] == 12
     assert s["broken"] == 0, detail
     assert s["stalled"] == 0, detail  # no gap of more than 1 s on any connection

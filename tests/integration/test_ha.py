@@ -252,7 +252,14 @@ def test_two_believers_cannot_both_program_a_switch(cluster, bridge, redis_serve
 
 
 def test_same_id_and_short_lease_are_refused(cluster, topo, redis_server):
-    cluster("a")
+    a = cluster("a")
+    # a switch of the topology that never connected to it is named (a forgotten address)
+    warnings = a.health()["warnings"]
+    assert any("switch s1 is not connected to this controller" in w for w in warnings)
+    status = subprocess.run(
+        [str(NFSTEER), "status", "--api", a.api], capture_output=True, text=True, timeout=30
+    )
+    assert "warning: switch s1 is not connected" in status.stdout
     r = subprocess.run(
         [str(NFSTEER), "controller", "--topology", str(topo), "--redis", redis_server.url,
          "--listen", f"127.0.0.1:{free_port()}", "--api", f"127.0.0.1:{free_port()}",

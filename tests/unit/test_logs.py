@@ -5,6 +5,7 @@ from __future__ import annotations
 import io
 import json
 import logging
+import uuid
 
 import pytest
 
@@ -17,6 +18,7 @@ def capture():
     root, ours = logging.getLogger(), logging.getLogger("nfsteer")
     saved = (list(root.handlers), root.level, ours.level)
     ours.setLevel(logging.NOTSET)  # a controller started by an earlier test sets its level
+    logging.disable(logging.NOTSET)  # and a library may have disabled levels globally
     for name in list(logging.root.manager.loggerDict):  # and a dictConfig may disable them
         if name.startswith("nfsteer."):
             logging.getLogger(name).disabled = False
@@ -31,7 +33,7 @@ def capture():
 
 def test_json_lines_carry_time_level_logger_message_and_fields(capture):
     logs.configure("INFO", "json", capture)
-    log = logging.getLogger("nfsteer.test")
+    log = logging.getLogger(f"nfsteer.test{uuid.uuid4().hex[:6]}")
     log.info("pool %s: %d slots moved", "fw", 3, extra={"pool": "fw", "epoch": 7})
     log.debug("not shown at INFO")
     try:
@@ -43,7 +45,7 @@ def test_json_lines_carry_time_level_logger_message_and_fields(capture):
     first, second = (json.loads(line) for line in lines)
     assert list(first)[:4] == ["time", "level", "logger", "message"]
     assert first["time"].endswith("+00:00") and "T" in first["time"]
-    assert first["level"] == "INFO" and first["logger"] == "nfsteer.test"
+    assert first["level"] == "INFO" and first["logger"] == log.name
     assert first["message"] == "pool fw: 3 slots moved"
     assert first["pool"] == "fw" and first["epoch"] == 7
     assert second["level"] == "ERROR" and "ValueError: bad" in second["exc_info"]
@@ -81,7 +83,7 @@ def test_every_command_takes_log_format_before_or_after_it(command, monkeypatch)
     monkeypatch.delenv(logs.FORMAT_ENV, raising=False)
     parser = cli.build_parser()
     sub = {"pool": ["list"], "instance": ["remove", "p", "n"]}.get(command, [])
-    positional = {"lookup": [], "nf": [], "check": ["f.yaml"]}.get(command, [])
+    positional = {"lookup": [], "nf": [], "check": ["f.yaml"], "store": ["status"]}.get(command, [])
     required = {
         "controller": ["--topology", "t.yaml"],
         "nf": ["--kind", "firewall", "--interface", "x", "--pool", "p"],
