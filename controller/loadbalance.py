@@ -18,10 +18,12 @@ A join or a failure re-applies the quotas with the fewest moves, which undoes on
 it must of earlier load moves; the next readings move hot slots again if needed.
 
 Hysteresis, so steady traffic converges and then stops moving:
-- moves start only after two readings above ``threshold`` (one noisy reading does not);
+- moves start only after two readings above ``threshold`` (one noisy reading does not),
+  and then go on, at most ``max_moves`` per reading, until every instance is within the
+  *aim* ``1 + (threshold - 1) * AIM`` (1.05 for 1.15) or no move helps; then they stop
+  until the threshold is crossed again;
 - a move is made only if it lowers the pair's higher load by at least ``MIN_GAIN`` of the
-  mean (no churn over crumbs), and planning stops as soon as every instance is within
-  ``threshold``;
+  mean (no churn over crumbs);
 - slot rates are smoothed (EWMA), and a slot keeps its rate when it moves (the load is
   the slot's, not the instance's), so the next reading does not see a change that is
   only a move.
@@ -38,6 +40,9 @@ from contract.topology import Topology
 ALPHA = 0.5  # weight of the newest reading in the smoothed rate
 MIN_GAIN = 0.02  # a move must lower the pair's higher load by this share of the mean
 ABOVE_READINGS = 2  # readings in a row above the threshold before moving
+# Once moving, aim this far from perfectly even towards the threshold: well below the
+# threshold, so ordinary noise does not cross it again and restart moving.
+AIM = 1 / 3
 
 
 @dataclass(frozen=True)
@@ -155,6 +160,7 @@ class PoolLoad:
     pending: dict[str, dict[int, float]] = field(default_factory=dict)  # switch -> rates
     above: int = 0  # readings in a row above the threshold
     readings: int = 0
+    moving: bool = False  # between crossing the threshold and reaching the aim
 
     def __post_init__(self) -> None:
         if not self.rates:
@@ -212,13 +218,16 @@ class PoolLoad:
             self.above += 1
         else:
             self.above = 0
-        if self.above < ABOVE_READINGS:
+        if self.above >= ABOVE_READINGS:
+            self.moving = True
+        if not self.moving:
             return []
-        moves = plan_moves(
-            self.rates, assignment, capacities, self.policy.threshold, self.policy.max_moves
-        )
+        aim = 1 + (self.policy.threshold - 1) * AIM
+        moves = plan_moves(self.rates, assignment, capacities, aim, self.policy.max_moves)
         if not moves:
-            # Nothing useful to move (elephants): wait for a fresh run of readings.
+            # At the aim, or nothing useful to move (elephants): wait for a fresh run of
+            # readings above the threshold.
+            self.moving = False
             self.above = 0
         return moves
 
