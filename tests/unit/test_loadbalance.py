@@ -371,3 +371,41 @@ def test_bad_policy_is_one_line_naming_file_and_field(policy, field):
     text = str(e.value)
     assert text.startswith(f"t.yaml: pools.fw.rebalance.{field}")
     assert "\n" not in text
+
+
+# -- the capacity layer after load moves ----------------------------------------------------
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    st.lists(st.floats(0.0, 100.0, allow_nan=False), min_size=64, max_size=64),
+    st.sampled_from(["fw1", "fw2", "fw3", "fw4"]),
+    st.booleans(),
+)
+def test_failure_or_join_after_load_moves_moves_few_slots(loads, victim, join):
+    """Load moves are on top of the capacity layer: an instance failing (or coming back)
+    afterwards moves its own slots and at most one slot per load move and per instance
+    (quota rounding) besides, never the whole pool."""
+    from controller.config import load_topology
+
+    topo = load_topology(REPO / "topologies" / "single.yaml")
+    data = topo.model_dump()
+    data["pools"]["fw"]["slots"] = 64
+    steering = Steering(parse_topology(data))
+    ps = steering.pools["fw"]
+    for name in ps.instances:
+        steering.set_state("fw", name, InstanceState.ACTIVE, 0.0)
+    if join:
+        steering.set_state("fw", victim, InstanceState.FAILED, 0.0)
+    caps = ps.active_capacities()
+    moves = plan_moves(loads, ps.assignment, caps, 1.05, 16)
+    steering.move_slots("fw", moves)
+    held = ps.slot_counts()[victim]
+    state = InstanceState.ACTIVE if join else InstanceState.FAILED
+    change = steering.set_state("fw", victim, state, 0.0)
+    assert len(change.moved) <= held + len(moves) + len(ps.instances) + (
+        # a join takes its quota
+        slots.quotas(64, ps.active_capacities())[victim] if join else 0
+    )
+    assert len(change.moved) < 64 or not any(loads)
+    assert victim not in ps.assignment or join
