@@ -106,7 +106,7 @@ _HEAD = [
 MOVES_SHOWN = 5
 
 
-def _load_lines(detail: dict[str, Any]) -> list[str]:
+def load_lines(detail: dict[str, Any]) -> list[str]:
     """A pool's load mode, imbalance and its last changes with their reasons."""
     load = detail.get("load")
     if not load:
@@ -148,7 +148,7 @@ def _status(args: argparse.Namespace) -> None:
     for pool in pools:
         detail = _request(args, "GET", f"/api/v1/pools/{pool['name']}")
         rows += _instance_rows(detail, with_pool=True)
-        notes += _load_lines(detail)
+        notes += load_lines(detail)
     print(_table(rows))
     for line in notes:
         print(line)
@@ -198,7 +198,7 @@ def _pool(args: argparse.Namespace) -> None:
         f"{detail['unserved_slots']} unserved"
     )
     print(_table([_HEAD, *_instance_rows(detail, with_pool=False)]))
-    for line in _load_lines(detail):
+    for line in load_lines(detail):
         print(line)
 
 

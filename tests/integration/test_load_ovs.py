@@ -5,6 +5,7 @@ and then stop moving. The same logic with a fake counter feed: tests/unit/test_l
 
 from __future__ import annotations
 
+import logging
 import re
 import socket
 import struct
@@ -15,11 +16,15 @@ from pathlib import Path
 
 import pytest
 from conftest import unique_name
+from fastapi.testclient import TestClient
 from ovs_support import Bridge, wait_for
 
 from contract.topology import load_topology
+from controller.api import create_api
 from controller.launcher import start_in_thread
 from controller.loadbalance import best_imbalance, imbalance, instance_loads
+from controller.metrics import make_registry, render
+from controller.opscli import load_lines
 from controller.options import Options
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(180)]
@@ -31,7 +36,7 @@ CLIENT_MAC = "02:00:00:00:00:01"
 TOPOLOGY = """\
 name: loadtest
 switches:
-  s1: {{dpid: {dpid}}}
+  s1: {{dpid: {dpid}, steering: {steering}}}
 hosts:
   c1: {{switch: s1, port: 1, mac: "{client_mac}", ip: 10.1.0.1/16, role: client}}
 pools:
@@ -102,7 +107,7 @@ class SkewedSender:
 def rig(ovs, tmp_path: Path) -> Iterator:
     made: list = []
 
-    def make(mode: str):
+    def make(mode: str, steering: str = "multipath"):
         bridge = Bridge(unique_name("lb"), 0x4C, [1, 11, 12, 13, 14])
         made.append(bridge)
         instances = "\n".join(
@@ -114,6 +119,7 @@ def rig(ovs, tmp_path: Path) -> Iterator:
         path.write_text(
             TOPOLOGY.format(
                 dpid=0x4C,
+                steering=steering,
                 client_mac=CLIENT_MAC,
                 mode=mode,
                 interval=INTERVAL_S,
@@ -173,6 +179,31 @@ def test_skewed_traffic_moves_hot_slots_then_stops(rig):
         if m:
             on_switch[int(m.group(1), 0)] = port_owner[int(m.group(2))]
     assert on_switch == dict(enumerate(app.steering.pools["p"].assignment))
+    # What operators see: metrics, the pool detail of the API, and `nfsteer status` lines.
+    text = render(make_registry(app)).decode()
+    assert f'nfsteer_slot_moves_total{{pool="p",reason="load"}} {float(last)}' in text
+    assert 'nfsteer_load_imbalance{pool="p"}' in text
+    assert all(f'nfsteer_instance_load{{instance="i{k}",pool="p"}}' in text for k in range(1, 5))
+    detail = TestClient(create_api(app)).get("/api/v1/pools/p").json()
+    assert detail["load"]["mode"] == "load" and detail["load"]["imbalance"] < 1.2
+    assert detail["load"]["moves_total"]["load"] == last
+    assert all(m["load"] is not None for m in detail["members"])
+    lines = load_lines(detail)
+    assert lines[0].startswith("pool p: load mode, imbalance ")
+    assert any("load: pool p: imbalance" in line for line in lines[1:])
+
+
+def test_a_switch_without_slot_counters_keeps_flows_mode_and_says_so_once(rig, caplog):
+    caplog.set_level(logging.WARNING, logger="nfsteer")
+    app, bridge = rig("load", steering="select_group")
+    assignment = list(app.steering.pools["p"].assignment)
+    with SkewedSender(bridge.port_name(1)):
+        time.sleep(3 * INTERVAL_S)
+    assert app.steering.pools["p"].assignment == assignment
+    rep = report(app)
+    assert rep.mode == "flows" and "select group" in (rep.why_flows or "")
+    said = [r for r in caplog.records if "stays in flows mode" in r.getMessage()]
+    assert len(said) == 1
 
 
 def test_flows_mode_reads_nothing_and_moves_nothing(rig):
