@@ -22,8 +22,9 @@ Hysteresis, so steady traffic converges and then stops moving:
   and then go on, at most ``max_moves`` per reading, until every instance is within the
   *aim* ``1 + (threshold - 1) * AIM`` (1.05 for 1.15) or no move helps; then they stop
   until the threshold is crossed again;
-- a move is made only if it lowers the pair's higher load by at least ``MIN_GAIN`` of the
-  mean (no churn over crumbs);
+- a move is made only if it lowers the higher load per capacity of the two instances (so a
+  plan never swaps load back and forth, and ends when the hottest instance cannot shed a
+  slot without making the receiver hotter than it was: an elephant alone);
 - slot rates are smoothed (EWMA), and a slot keeps its rate when it moves (the load is
   the slot's, not the instance's), so the next reading does not see a change that is
   only a move.
@@ -38,7 +39,9 @@ from dataclasses import dataclass, field
 from contract.topology import Topology
 
 ALPHA = 0.5  # weight of the newest reading in the smoothed rate
-MIN_GAIN = 0.02  # a move must lower the pair's higher load by this share of the mean
+# A move must lower the pair's higher load by more than this share of the mean (rounding).
+# Not more: with thousands of slots each is small, and only many small moves even out.
+MIN_GAIN = 1e-6
 ABOVE_READINGS = 2  # readings in a row above the threshold before moving
 # Once moving, aim this far from perfectly even towards the threshold: well below the
 # threshold, so ordinary noise does not cross it again and restart moving.
@@ -90,8 +93,8 @@ def plan_moves(
     ``capacities`` names the instances that may own slots (active, reachable); slots of
     others are left alone (the capacity layer reassigns them). Greedy: take the most
     loaded instance, give the least loaded one the slot whose load comes closest to
-    evening out the two, repeat; a move that does not lower the higher of the two by
-    ``MIN_GAIN`` of the mean is not made."""
+    evening out the two, repeat; a move that does not lower the higher of the two is not
+    made."""
     if len(capacities) < 2 or max_moves < 1:
         return []
     owners = list(assignment)
@@ -101,8 +104,12 @@ def plan_moves(
     if total <= 0:
         return []
     mean = total / total_cap  # load per unit of capacity when perfectly even
+    # Each instance's loaded slots, built once: a move then looks at the hot one's only.
+    owned: dict[str, dict[int, float]] = {n: {} for n in capacities}
+    for slot, (load, owner) in enumerate(zip(slot_loads, owners, strict=True)):
+        if load > 0 and owner in owned:
+            owned[owner][slot] = load
     moves: list[Move] = []
-    moved: set[int] = set()
     while len(moves) < max_moves:
         util = {n: loads[n] / c for n, c in capacities.items()}
         hot = max(util, key=lambda n: (util[n], n))
@@ -114,9 +121,7 @@ def plan_moves(
             if cold == hot:
                 continue
             ch, cc = capacities[hot], capacities[cold]
-            for slot, (load, owner) in enumerate(zip(slot_loads, owners, strict=True)):
-                if owner != hot or load <= 0 or slot in moved:
-                    continue
+            for slot, load in owned[hot].items():
                 after = max((loads[hot] - load) / ch, (loads[cold] + load) / cc)
                 if util[hot] - after < MIN_GAIN * mean:
                     continue
@@ -129,10 +134,10 @@ def plan_moves(
         if best is None:
             break  # the hot instance's slots cannot even out further (elephants)
         _, _, slot, cold = best
-        owners[slot] = cold
-        moved.add(slot)
-        loads[hot] -= slot_loads[slot]
-        loads[cold] += slot_loads[slot]
+        load = owned[hot].pop(slot)
+        # A moved slot stays put for the rest of this plan (no slot moves twice).
+        loads[hot] -= load
+        loads[cold] += load
         moves.append((slot, hot, cold))
     return moves
 
