@@ -894,10 +894,11 @@ class SteeringApp(app_manager.OSKenApp):
         if not moves:
             return
         before = lb.imbalance(self.loads.pools[pool].loads(ps.assignment, caps), caps)
-        threshold = self.loads.pools[pool].policy.threshold
+        policy = self.loads.pools[pool].policy
         reason = (
-            f"{lb.LOAD_REASON}: pool {pool}: imbalance {before:.2f} above {threshold:g}, "
-            f"{len(moves)} hot slots to less loaded instances"
+            f"{lb.LOAD_REASON}: pool {pool}: imbalance {before:.2f} (threshold "
+            f"{policy.threshold:g}, aim {policy.aim:.2f}): {len(moves)} hot "
+            f"slot{'s' if len(moves) != 1 else ''} to less loaded instances"
         )
         try:
             self._apply(lambda s: s.move_slots(pool, moves), reason)

@@ -54,6 +54,11 @@ class Policy:
     interval_s: float = 5.0
     max_moves: int = 8
 
+    @property
+    def aim(self) -> float:
+        """Where moving stops once started (see the module docstring)."""
+        return 1 + (self.threshold - 1) * AIM
+
 
 Move = tuple[int, str, str]  # (slot, from instance, to instance)
 
@@ -227,8 +232,9 @@ class PoolLoad:
             self.moving = True
         if not self.moving:
             return []
-        aim = 1 + (self.policy.threshold - 1) * AIM
-        moves = plan_moves(self.rates, assignment, capacities, aim, self.policy.max_moves)
+        moves = plan_moves(
+            self.rates, assignment, capacities, self.policy.aim, self.policy.max_moves
+        )
         if not moves:
             # At the aim, or nothing useful to move (elephants): wait for a fresh run of
             # readings above the threshold.
