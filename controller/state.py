@@ -378,10 +378,17 @@ class Steering:
         )
         # An owner that is gone from the pool must not be kept by assign().
         previous = [o if o in instances else None for o in ps.assignment]
-        try:
-            new = slots.assign(ps.n_slots, trial.active_capacities(), previous)
-        except ValueError as e:
-            raise SteeringError(f"pool {ps.name!r}: {e}") from None
+        eligible = trial.active_capacities()
+        if eligible == ps.active_capacities() and all(o in eligible for o in previous):
+            # Nothing that decides the shares changed (e.g. an instance registered again as
+            # it was) and every slot has an owner: the slots stay where they are, also
+            # where load moves put them.
+            new = list(previous)
+        else:
+            try:
+                new = slots.assign(ps.n_slots, eligible, previous)
+            except ValueError as e:
+                raise SteeringError(f"pool {ps.name!r}: {e}") from None
         moved = tuple(
             (s, old, nw)
             for s, (old, nw) in enumerate(zip(ps.assignment, new, strict=True))

@@ -409,3 +409,23 @@ def test_failure_or_join_after_load_moves_moves_few_slots(loads, victim, join):
     )
     assert len(change.moved) < 64 or not any(loads)
     assert victim not in ps.assignment or join
+
+
+def test_registering_again_keeps_load_moves():
+    from controller.config import load_topology
+
+    steering = Steering(load_topology(REPO / "topologies" / "single.yaml"))
+    ps = steering.pools["fw"]
+    for name in ps.instances:
+        steering.set_state("fw", name, InstanceState.ACTIVE, 0.0)
+    owner = ps.assignment[0]
+    other = next(n for n in ps.instances if n != owner)
+    steering.move_slots("fw", [(0, owner, other)])
+    after = list(ps.assignment)
+    # The same instance registered again, its state set again: nothing moves.
+    assert steering.add_instance(copy.copy(ps.instances[owner]), 0.0).moved == ()
+    assert steering.set_state("fw", owner, InstanceState.ACTIVE, 0.0).moved == ()
+    assert ps.assignment == after
+    # A capacity change re-applies the quotas with the fewest moves.
+    change = steering.set_capacity("fw", owner, 3.0, 0.0)
+    assert 0 < len(change.moved) < ps.n_slots // 2
