@@ -99,7 +99,9 @@ def plan_moves(
     others are left alone (the capacity layer reassigns them). Greedy: take the most
     loaded instance, give the least loaded one the slot whose load comes closest to
     evening out the two, repeat; a move that does not lower the higher of the two is not
-    made."""
+    made. An instance that cannot shed any slot that way (one elephant) is left as it is
+    and the next most loaded one is evened out, so every instance that can be brought
+    within ``threshold`` is."""
     if len(capacities) < 2 or max_moves < 1:
         return []
     owners = list(assignment)
@@ -115,9 +117,13 @@ def plan_moves(
         if load > 0 and owner in owned:
             owned[owner][slot] = load
     moves: list[Move] = []
+    stuck: set[str] = set()  # instances none of whose slots can go anywhere useful
     while len(moves) < max_moves:
         util = {n: loads[n] / c for n, c in capacities.items()}
-        hot = max(util, key=lambda n: (util[n], n))
+        candidates = [n for n in util if n not in stuck]
+        if not candidates:
+            break
+        hot = max(candidates, key=lambda n: (util[n], n))
         if util[hot] <= threshold * mean:
             break
         best: tuple[float, float, int, str] | None = None
@@ -137,7 +143,9 @@ def plan_moves(
             if best is not None:
                 break
         if best is None:
-            break  # the hot instance's slots cannot even out further (elephants)
+            # Its slots cannot even out further (an elephant): the next hottest may.
+            stuck.add(hot)
+            continue
         _, _, slot, cold = best
         load = owned[hot].pop(slot)
         # A moved slot stays put for the rest of this plan (no slot moves twice).
@@ -223,8 +231,9 @@ class PoolLoad:
         self, assignment: Sequence[str | None], capacities: Mapping[str, float]
     ) -> list[Move]:
         """After a reading: the moves to make now (often none)."""
-        loads = instance_loads(self.rates, assignment, capacities)
-        if imbalance(loads, capacities) > self.policy.threshold:
+        # Above the threshold *and* something can be done about it: an instance that holds
+        # only an elephant is above for good, and must not keep the pool moving.
+        if plan_moves(self.rates, assignment, capacities, self.policy.threshold, 1):
             self.above += 1
         else:
             self.above = 0

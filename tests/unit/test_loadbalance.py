@@ -429,3 +429,22 @@ def test_registering_again_keeps_load_moves():
     # A capacity change re-applies the quotas with the fewest moves.
     change = steering.set_capacity("fw", owner, 3.0, 0.0)
     assert 0 < len(change.moved) < ps.n_slots // 2
+
+
+def test_an_elephant_alone_does_not_stop_the_others_from_evening_out():
+    # a holds an elephant (10) alone; b is hot with small slots; c and d are cold.
+    loads = [10, 2, 2, 2, 2, 2, 2, 1, 1]
+    assignment = list("abbbbbbcd")
+    caps = dict(EQUAL4)
+    moves = plan_moves(loads, assignment, caps, 1.05, 16)
+    after = instance_loads(loads, apply_moves(assignment, moves), caps)
+    mean = sum(loads) / 4
+    assert after["a"] == 10  # nothing helps the elephant
+    assert all(after[n] <= 1.05 * mean + 2 for n in "bcd")  # within one slot of the aim
+    assert after["b"] <= 1.05 * mean
+    # ... and with the others even, the elephant alone does not keep the pool moving.
+    pl = PoolLoad(9, Policy(threshold=1.15, interval_s=1.0, max_moves=8))
+    pl.rates = [float(x) for x in loads]
+    final = apply_moves(assignment, moves)
+    for _ in range(6):
+        assert pl.decide(final, caps) == []
