@@ -42,6 +42,7 @@ ALPHA = 0.5  # weight of the newest reading in the smoothed rate
 # A move must lower the pair's higher load by more than this share of the mean (rounding).
 # Not more: with thousands of slots each is small, and only many small moves even out.
 MIN_GAIN = 1e-6
+NO_LOAD = 1e-9  # packets/s: a pool with less than this in all has no load to even out
 ABOVE_READINGS = 2  # readings in a row above the threshold before moving
 # Once moving, aim this far from perfectly even towards the threshold: well below the
 # threshold, so ordinary noise does not cross it again and restart moving.
@@ -79,7 +80,7 @@ def imbalance(loads: Mapping[str, float], capacities: Mapping[str, float]) -> fl
     unit of capacity (1.0 = perfectly even; 1.0 also when there is no load)."""
     total_cap = sum(capacities.values())
     total = sum(loads.get(n, 0.0) for n in capacities)
-    if not capacities or total <= 0 or total_cap <= 0:
+    if not capacities or total <= NO_LOAD or total_cap <= 0:
         return 1.0
     mean = total / total_cap
     return max(loads.get(n, 0.0) / c for n, c in capacities.items()) / mean
@@ -108,7 +109,7 @@ def plan_moves(
     loads = instance_loads(slot_loads, owners, capacities)
     total = sum(loads.values())
     total_cap = sum(capacities.values())
-    if total <= 0:
+    if total <= NO_LOAD:
         return []
     mean = total / total_cap  # load per unit of capacity when perfectly even
     # Each instance's loaded slots, built once: a move then looks at the hot one's only.

@@ -16,6 +16,7 @@ from contract.topology import ConfigError, parse_topology
 from controller import slots
 from controller.loadbalance import (
     MIN_GAIN,
+    NO_LOAD,
     LoadWatch,
     Policy,
     PoolLoad,
@@ -170,7 +171,7 @@ def test_repeated_planning_converges_and_stops(pool, max_moves):
     # coldest without overshooting, which bounds the hottest by the coldest plus one slot.
     reached = imbalance(instance_loads(loads, assignment, caps), caps)
     total = sum(loads[s] for s, o in enumerate(assignment) if o in caps)
-    if total > 0:
+    if total > NO_LOAD:
         mean = total / sum(caps.values())
         slack = MIN_GAIN + max(loads) / (min(caps.values()) * mean)
         assert reached <= max(threshold, 1 + slack) + 1e-9
