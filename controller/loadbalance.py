@@ -42,6 +42,7 @@ ALPHA = 0.5  # weight of the newest reading in the smoothed rate
 # A move must lower the pair's higher load by more than this share of the mean (rounding).
 # Not more: with thousands of slots each is small, and only many small moves even out.
 MIN_GAIN = 1e-6
+MIN_DT = 0.01  # s: readings closer than this give no rate
 NO_LOAD = 1e-9  # packets/s: a pool with less than this in all has no load to even out
 ABOVE_READINGS = 2  # readings in a row above the threshold before moving
 # Once moving, aim this far from perfectly even towards the threshold: well below the
@@ -195,14 +196,16 @@ class PoolLoad:
             for s, c in counters.items()
             if isinstance(s, int) and 0 <= s < self.n_slots and c >= 0
         }
+        if not math.isfinite(now):
+            return
         prev = self.last.get(switch)
+        if prev is not None and now - prev[0] < MIN_DT:
+            return  # the same moment again (or the clock went back): keep the baseline
         self.last[switch] = (now, clean)
         if prev is None:
             return
         then, before = prev
         dt = now - then
-        if not (dt > 0 and math.isfinite(dt)):
-            return
         rates = {}
         for slot, count in clean.items():
             old = before.get(slot, 0)

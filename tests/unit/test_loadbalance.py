@@ -5,6 +5,7 @@ real OVS bridge: tests/integration/test_load_ovs.py."""
 from __future__ import annotations
 
 import copy
+import math
 from pathlib import Path
 
 import pytest
@@ -449,3 +450,30 @@ def test_an_elephant_alone_does_not_stop_the_others_from_evening_out():
     final = apply_moves(assignment, moves)
     for _ in range(6):
         assert pl.decide(final, caps) == []
+
+
+@settings(max_examples=400, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from(["s1", "s2"]),
+            st.dictionaries(st.integers(-5, 20), st.integers(-(2**64), 2**64), max_size=20),
+            st.one_of(
+                st.floats(allow_nan=True, allow_infinity=True),
+                st.sampled_from([0.0, 1e-300, 0.005, 0.011, 1.0, 2.0]),
+            ),
+        ),
+        max_size=12,
+    )
+)
+def test_any_counter_feed_gives_finite_non_negative_rates(readings):
+    """Whatever the switches report (slots out of range, counters going down, clocks
+    going backwards), rates stay finite and non-negative and decisions stay valid."""
+    pl = PoolLoad(16, Policy(threshold=1.15, interval_s=1.0, max_moves=4))
+    assignment = slots.assign(16, EQUAL4)
+    for switch, counters, now in readings:
+        pl.feed_switch(switch, counters, now)
+        pl.commit()
+        assert all(math.isfinite(r) and r >= 0 for r in pl.rates)
+        for _, _, new in pl.decide(assignment, EQUAL4):
+            assert new in EQUAL4
