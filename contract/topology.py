@@ -24,6 +24,8 @@ Layout (see ``topologies/single.yaml`` for a full example)::
         instances:
           fw1: {switch: s1, port: 11, mac: "02:00:00:00:01:01", ip: 10.0.0.101/24,
                 capacity: 1}
+        rebalance: {mode: load, threshold: 1.15, interval_s: 5, max_moves: 8}
+                                            # default mode: flows (capacity shares only)
     services:
       web:
         pool: fw
@@ -131,6 +133,26 @@ class Instance(Attachment):
         return Fraction(str(self.capacity))
 
 
+class Rebalance(Strict):
+    """How a pool's slots follow load. ``flows``: slots are spread by capacity only (flow
+    counts). ``load``: the controller also reads each slot's traffic and moves hot slots
+    from instances whose load per unit of capacity exceeds the pool mean by ``threshold``
+    (for two intervals in a row), at most ``max_moves`` slots per ``interval_s``."""
+
+    mode: Literal["flows", "load"] = "flows"
+    threshold: Annotated[float, Field(ge=1.01, le=10.0)] = 1.15
+    interval_s: Annotated[float, Field(ge=1.0, le=3600.0)] = 5.0
+    max_moves: Annotated[int, Field(ge=1, le=4096)] = 8
+
+    @field_validator("threshold", "interval_s", mode="before")
+    @classmethod
+    def _number(cls, v: Any) -> Any:
+        # Strict mode refuses an int for a float field; 2 is as good a threshold as 2.0.
+        if isinstance(v, int) and not isinstance(v, bool):
+            return float(v)
+        return v
+
+
 class Pool(Strict):
     kind: Literal["firewall", "nat", "lb"]
     slots: int = 4096
@@ -138,6 +160,7 @@ class Pool(Strict):
     basis: Annotated[int, Field(ge=0, le=65535)] = 0
     nf: dict[str, Any] = Field(default_factory=dict)
     instances: dict[Name, Instance] = Field(default_factory=dict)
+    rebalance: Rebalance = Field(default_factory=Rebalance)
 
     @field_validator("slots")
     @classmethod

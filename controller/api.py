@@ -198,6 +198,9 @@ class InstanceOut(BaseModel):
     last_heartbeat: float | None
     source: str
     traffic: dict[str, int] | None = None
+    load: float | None = Field(
+        default=None, description="packets/s through its slots (pools in load mode)"
+    )
 
 
 class PoolOut(BaseModel):
@@ -210,8 +213,28 @@ class PoolOut(BaseModel):
     instances: dict[str, int]  # state -> count
 
 
+class MoveOut(BaseModel):
+    time: float
+    epoch: int
+    slots: int
+    kind: str = Field(description="load, or membership (joins, failures, drains, capacity)")
+    reason: str
+
+
+class LoadOut(BaseModel):
+    mode: str = Field(description="load: hot slots move to even out load; flows: they do not")
+    why_flows: str | None = Field(description="why a pool configured for load stays in flows")
+    imbalance: float | None = Field(
+        description="max load per unit of capacity over the mean (null before a reading)"
+    )
+    instances: dict[str, float]  # packets/s
+    moves: list[MoveOut]  # recent changes that moved slots, with their reason
+    moves_total: dict[str, int]  # slots moved, by kind
+
+
 class PoolDetail(PoolOut):
     members: list[InstanceOut]
+    load: LoadOut | None = None
 
 
 class AssignmentOut(BaseModel):
@@ -237,6 +260,15 @@ class ChangeOut(BaseModel):
         description="every switch answered the barrier (null when not waited for)"
     )
     reason: str
+
+
+_MOVE = ("epoch", "slots", "kind", "reason")
+
+
+def _instance_load(report: Any, name: str) -> float | None:
+    if report is None or report.mode != "load" or not report.readings:
+        return None
+    return report.loads.get(name)
 
 
 # --- the application -------------------------------------------------------------------------
@@ -338,6 +370,10 @@ def create_api(
             },
         )
 
+    def load_of(pool: str):
+        watch = getattr(app, "loads", None)
+        return watch.reports.get(pool) if watch is not None else None
+
     def instance_out(info: InstanceInfo, counts: dict[str, int]) -> InstanceOut:
         traffic = None
         port_stats = getattr(app, "port_stats", None)
@@ -356,6 +392,7 @@ def create_api(
             last_heartbeat=info.last_heartbeat,
             source=source_of(info.pool, info.name),
             traffic=dict(traffic) if traffic else None,
+            load=_instance_load(load_of(info.pool), info.name),
         )
 
     def change(pool: str, mutation, reason: str, wait: bool) -> ChangeOut:
@@ -404,7 +441,20 @@ def create_api(
         ps = pool_or_404(pool)
         counts = ps.slot_counts()
         members = [instance_out(i, counts) for _, i in sorted(dict(ps.instances).items())]
-        return PoolDetail(**pool_out(ps).model_dump(), members=members)
+        report = load_of(pool)
+        load = None
+        if report is not None:
+            load = LoadOut(
+                mode=report.mode,
+                why_flows=report.why_flows,
+                imbalance=report.imbalance,
+                instances=dict(report.loads),
+                moves=[
+                    MoveOut(time=m.when, **{k: getattr(m, k) for k in _MOVE}) for m in report.moves
+                ],
+                moves_total=dict(report.moves_total),
+            )
+        return PoolDetail(**pool_out(ps).model_dump(), members=members, load=load)
 
     @api.get("/api/v1/pools/{pool}/assignment", responses=READ_ERRORS)
     def assignment(pool: str) -> AssignmentOut:

@@ -49,6 +49,7 @@ from os_ken.ofproto import ofproto_v1_3
 
 from contract.topology import Topology, load_topology
 from controller import flows as fl
+from controller import loadbalance as lb
 from controller import ofmsg
 from controller.leadership import Lease
 from controller.options import Options
@@ -233,6 +234,11 @@ class SteeringApp(app_manager.OSKenApp):
         self._tick_queued = False
         self._next_port_stats = 0.0
         self._listeners: list[Callable[[list[PoolChange], str], None]] = []
+        self.loads = lb.LoadWatch.for_topology(topology, fl.pool_ids(topology))
+        for pool, why in self.loads.off.items():
+            LOG.warning("pool %s: %s: it stays in flows mode", pool, why)
+        self._listeners.append(self._record_moves)
+        self._publish_loads()
         self._switches: dict[str, _Switch] = {}
         self._fabric = fabric_ports(topology)
         self._routes: Routes = compute_routes(topology)
@@ -348,6 +354,7 @@ class SteeringApp(app_manager.OSKenApp):
                         self._send_all(sw, [ofmsg.port_stats_request(sw.dp)])
                     except Exception:  # e.g. the connection is closing: next round
                         LOG.debug("switch %s: port stats request failed", sw.sync.name)
+        self._read_slot_load(now)
         self._view_dirty = True  # switch problems age with time
 
     # -- readers ---------------------------------------------------------------------------
@@ -844,6 +851,10 @@ class SteeringApp(app_manager.OSKenApp):
 
     @set_ev_cls(ofp_event.EventOFPFlowStatsReply, MAIN_DISPATCHER)
     def _flow_stats(self, ev: Any) -> None:
+        sw = self._switch_of(ev.msg.datapath)
+        if sw is not None and self.loads.waits_for(sw.sync.name, ev.msg.xid):
+            self._slot_load_reply(sw, ev)
+            return
         self._readback(ev, "flows", ofmsg.parse_flow_stats)
 
     @set_ev_cls(ofp_event.EventOFPGroupDescStatsReply, MAIN_DISPATCHER)
@@ -986,6 +997,11 @@ class SteeringApp(app_manager.OSKenApp):
             msg.xid,
             ofmsg.describe(cause) if cause is not None else "message no longer known",
         )
+        if sw is not None and self.loads.waits_for(sw.sync.name, msg.xid):
+            why = f"error type={msg.type} code={msg.code}"
+            for pool in self.loads.switch_unable(sw.sync.name, why):
+                LOG.warning("pool %s: %s: it stays in flows mode", pool, self.loads.off[pool])
+            self._publish_loads()
 
     @set_ev_cls(ofp_event.EventOFPStateChange, DEAD_DISPATCHER)
     def _disconnected(self, ev: Any) -> None:
@@ -1003,6 +1019,8 @@ class SteeringApp(app_manager.OSKenApp):
         self._sync_events[name].clear()
         for key in [k for k in self.port_stats if k[0] == name]:
             self.port_stats.pop(key, None)
+        for pool in self.loads.switch_gone(name):
+            self._balance(pool)
         key = id(sw.dp)
         pending = [k for k in self._results if k[0] == key]
         for k in pending:
@@ -1018,3 +1036,68 @@ class SteeringApp(app_manager.OSKenApp):
         if sock is not None:
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
+
+    # -- load-aware slot moves (controller.loadbalance) -------------------------------------
+
+    def _read_slot_load(self, now: float) -> None:
+        """Ask every programmed switch for its slot entries' counters, when a pool in load
+        mode is due for a reading."""
+        pools = self.loads.due(now)
+        if not pools:
+            return
+        self.loads.start_round(pools, now)
+        for sw in list(self._switches.values()):
+            if sw.sync.phase is Phase.PROGRAMMED:
+                try:
+                    [xid] = self._send_all(sw, [ofmsg.slot_stats_request(sw.dp)])
+                except Exception:  # e.g. the connection is closing: next round
+                    LOG.debug("switch %s: slot stats request failed", sw.sync.name)
+                    continue
+                self.loads.asked(sw.sync.name, xid)
+
+    def _slot_load_reply(self, sw: _Switch, ev: Any) -> None:
+        more = bool(ev.msg.flags & OFP.OFPMPF_REPLY_MORE)
+        entries = ofmsg.parse_slot_counters(ev.msg.body)
+        done = self.loads.reply(sw.sync.name, entries, more, time.monotonic())
+        for pool in done:
+            self._balance(pool)
+        if done:
+            self._publish_loads()
+
+    def _balance(self, pool: str) -> None:
+        """A fresh load reading of ``pool``: move hot slots if the policy says so (the
+        leader only: a standby's readings only keep its view warm)."""
+        if not self.leading():
+            return
+        ps = self.steering.pools[pool]
+        caps = ps.active_capacities()
+        moves = self.loads.decide(pool, ps.assignment, caps)
+        if not moves:
+            return
+        before = lb.imbalance(self.loads.pools[pool].loads(ps.assignment, caps), caps)
+        policy = self.loads.pools[pool].policy
+        reason = (
+            f"{lb.LOAD_REASON}: pool {pool}: imbalance {before:.2f} (threshold "
+            f"{policy.threshold:g}, aim {policy.aim:.2f}): {len(moves)} hot "
+            f"slot{'s' if len(moves) != 1 else ''} to less loaded instances"
+        )
+        try:
+            self._apply(lambda s: s.move_slots(pool, moves), reason)
+        except ValueError as e:  # planned from state that changed since: next reading
+            LOG.warning("pool %s: load moves refused: %s", pool, e)
+
+    def _record_moves(self, changes: list[PoolChange], reason: str) -> None:
+        self.loads.record(changes, reason, time.time())
+        self._publish_loads()
+
+    def _publish_loads(self) -> None:
+        self.loads.publish(
+            {
+                name: (
+                    ps.assignment,
+                    {n: i.capacity for n, i in ps.instances.items()},
+                    ps.active_capacities(),
+                )
+                for name, ps in self.steering.pools.items()
+            }
+        )

@@ -129,6 +129,7 @@ class SteeringCollector(Collector):
                     state.add_metric([pname, name, st.value], 1 if info.state is st else 0)
         yield from (by_state, epoch, unserved, no_active, slots, capacity, state)
         yield from self._traffic(pools)
+        yield from self._load()
 
         c = app.counters
         for attr, doc in (
@@ -197,6 +198,35 @@ class SteeringCollector(Collector):
             "nfsteer_takeover_seconds",
             "Time from winning a term to every switch MASTER and programmed",
         )
+
+    def _load(self) -> Iterable[Any]:
+        watch = getattr(self.app, "loads", None)
+        if watch is None:
+            return
+        load = GaugeMetricFamily(
+            "nfsteer_instance_load",
+            "Packets/s through the instance's hash slots (pools in load mode)",
+            labels=["pool", "instance"],
+        )
+        imbalance = GaugeMetricFamily(
+            "nfsteer_load_imbalance",
+            "Max load per unit of capacity over the pool mean (pools in load mode)",
+            labels=["pool"],
+        )
+        moves = CounterMetricFamily(
+            "nfsteer_slot_moves",
+            "Hash slots that changed owner, by reason (load, membership)",
+            labels=["pool", "reason"],
+        )
+        for pname, rep in sorted(dict(watch.reports).items()):
+            if rep.mode == "load" and rep.readings:
+                for name, value in sorted(rep.loads.items()):
+                    load.add_metric([pname, name], value)
+                if rep.imbalance is not None:
+                    imbalance.add_metric([pname], rep.imbalance)
+            for kind in ("load", "membership"):
+                moves.add_metric([pname, kind], rep.moves_total.get(kind, 0))
+        yield from (load, imbalance, moves)
 
     def _traffic(self, pools: dict[str, Any]) -> Iterable[Any]:
         """Per-instance port counters, when the app collects port statistics

@@ -237,6 +237,27 @@ def flow_stats_request(dp: Any) -> Any:
     )
 
 
+def slot_stats_request(dp: Any) -> Any:
+    """Counters of the slot table's entries (the load of each pool's hash slots)."""
+    parser = dp.ofproto_parser
+    return parser.OFPFlowStatsRequest(
+        dp, 0, fl.T_SLOTS, OFP.OFPP_ANY, OFP.OFPG_ANY, 0, 0, parser.OFPMatch()
+    )
+
+
+def parse_slot_counters(bodies: Iterable[Any]) -> list[tuple[int, int, int]]:
+    """Flow-stats reply bodies -> (pool id, slot, packets) of each slot entry."""
+    out = []
+    for st in bodies:
+        if st.table_id != fl.T_SLOTS:
+            continue
+        fields = dict(st.match.items())
+        pool_id, slot = fields.get("metadata"), fields.get("reg0")
+        if isinstance(pool_id, int) and isinstance(slot, int):
+            out.append((pool_id, slot, int(st.packet_count)))
+    return out
+
+
 def group_desc_request(dp: Any) -> Any:
     return dp.ofproto_parser.OFPGroupDescStatsRequest(dp, 0)
 

@@ -104,6 +104,7 @@ def _instance_rows(detail: dict[str, Any], with_pool: bool) -> list[list[str]]:
             str(m["slots"]),
             where,
             _traffic(m.get("traffic")),
+            "-" if m.get("load") is None else f"{m['load']:.0f}/s",
             _age(m.get("last_heartbeat")),
             m.get("source", "-"),
         ]
@@ -111,7 +112,32 @@ def _instance_rows(detail: dict[str, Any], with_pool: bool) -> list[list[str]]:
     return rows
 
 
-_HEAD = ["INSTANCE", "STATE", "CAPACITY", "SLOTS", "PORT", "RX/TX", "HEARTBEAT", "SOURCE"]
+_HEAD = [
+    "INSTANCE", "STATE", "CAPACITY", "SLOTS", "PORT", "RX/TX", "LOAD", "HEARTBEAT", "SOURCE"
+]  # fmt: skip
+MOVES_SHOWN = 5
+
+
+def load_lines(detail: dict[str, Any]) -> list[str]:
+    """A pool's load mode, imbalance and its last changes with their reasons."""
+    load = detail.get("load")
+    if not load:
+        return []
+    name = detail["name"]
+    if load["mode"] != "load":
+        return [f"pool {name}: flows mode ({load['why_flows']})"] if load["why_flows"] else []
+    imb = load["imbalance"]
+    totals = ", ".join(f"{k} {v}" for k, v in sorted(load["moves_total"].items())) or "none"
+    lines = [
+        f"pool {name}: load mode, imbalance "
+        f"{'-' if imb is None else f'{imb:.2f}'}, slots moved: {totals}"
+    ]
+    for m in load["moves"][-MOVES_SHOWN:]:
+        when = time.strftime("%H:%M:%S", time.localtime(m["time"]))
+        lines.append(
+            f"  {when} epoch {m['epoch']}: {m['slots']} slots ({m['kind']}): {m['reason']}"
+        )
+    return lines
 
 
 # --- nfsteer status ------------------------------------------------------------------------
@@ -130,10 +156,14 @@ def _status(args: argparse.Namespace) -> None:
         f"{' (' + ', '.join(switches) + ')' if switches else ''}, redis {health.get('redis')}"
     )
     rows = [["POOL", *_HEAD]]
+    notes = []
     for pool in pools:
         detail = _request(args, "GET", f"/api/v1/pools/{pool['name']}")
         rows += _instance_rows(detail, with_pool=True)
+        notes += load_lines(detail)
     print(_table(rows))
+    for line in notes:
+        print(line)
     for pool in pools:
         if not pool["instances"].get("active"):
             print(f"pool {pool['name']}: no active instance, its service traffic is dropped")
@@ -189,6 +219,8 @@ def _pool(args: argparse.Namespace) -> None:
         f"{detail['unserved_slots']} unserved"
     )
     print(_table([_HEAD, *_instance_rows(detail, with_pool=False)]))
+    for line in load_lines(detail):
+        print(line)
 
 
 def run_pool(args: argparse.Namespace) -> int:

@@ -216,6 +216,29 @@ class Steering:
         instances[name].capacity = capacity
         return self._commit(ps, instances)
 
+    def move_slots(self, pool: str, moves: list[tuple[int, str, str]]) -> PoolChange:
+        """Give slots to other instances: ``(slot, from, to)`` each, all or none. A slot
+        must still be held by ``from`` and ``to`` must be able to own slots (active and
+        attached), so a move planned from older state is refused, not misapplied."""
+        ps = self.pool(pool)
+        eligible = ps.active_capacities()
+        new = list(ps.assignment)
+        for slot, old, to in moves:
+            if isinstance(slot, bool) or not isinstance(slot, int) or not 0 <= slot < ps.n_slots:
+                raise SteeringError(f"pool {pool!r}: no slot {_short(slot)}")
+            if new[slot] != old:
+                raise SteeringError(f"pool {pool!r}: slot {slot} is not held by {_short(old)}")
+            if to not in eligible:
+                raise SteeringError(f"pool {pool!r}: {_short(to)} cannot take slots now")
+            new[slot] = to
+        moved = tuple(
+            (s, a, b) for s, (a, b) in enumerate(zip(ps.assignment, new, strict=True)) if a != b
+        )
+        ps.assignment = new
+        if moved:
+            ps.epoch += 1
+        return PoolChange(pool=ps.name, epoch=ps.epoch, moved=moved)
+
     def heartbeat(self, pool: str, name: str, now: float) -> None:
         """Record a heartbeat (no slot moves)."""
         self.instance(pool, name).last_heartbeat = now
@@ -355,10 +378,17 @@ class Steering:
         )
         # An owner that is gone from the pool must not be kept by assign().
         previous = [o if o in instances else None for o in ps.assignment]
-        try:
-            new = slots.assign(ps.n_slots, trial.active_capacities(), previous)
-        except ValueError as e:
-            raise SteeringError(f"pool {ps.name!r}: {e}") from None
+        eligible = trial.active_capacities()
+        if eligible == ps.active_capacities() and all(o in eligible for o in previous):
+            # Nothing that decides the shares changed (e.g. an instance registered again as
+            # it was) and every slot has an owner: the slots stay where they are, also
+            # where load moves put them.
+            new = list(previous)
+        else:
+            try:
+                new = slots.assign(ps.n_slots, eligible, previous)
+            except ValueError as e:
+                raise SteeringError(f"pool {ps.name!r}: {e}") from None
         moved = tuple(
             (s, old, nw)
             for s, (old, nw) in enumerate(zip(ps.assignment, new, strict=True))

@@ -9,6 +9,9 @@
              every connection's record after SIGTERM/SIGINT or ``--duration``.
 ``udpburst`` one UDP datagram from each of N random source ports: N distinct flows, for measuring
              how a pool spreads flows.
+``udpzipf``  N steady UDP flows whose rates follow a Zipf law (flow k gets a share
+             proportional to 1/k^s): a few elephants and many mice, for measuring how a pool
+             spreads load.
 
 Definitions used in the figures: a connection *stalls* when no echoed data arrives for more
 than ``--stall`` seconds (1 s); it is *broken* when it is reset or closed, returns wrong
@@ -322,6 +325,49 @@ def udpburst(args: argparse.Namespace) -> None:
     print(json.dumps({"sent": sent, "seconds": round(time.monotonic() - t0, 3)}), flush=True)
 
 
+def zipf_rates(flows: int, total: float, s: float) -> list[float]:
+    weights = [1 / (k + 1) ** s for k in range(flows)]
+    norm = sum(weights)
+    return [total * w / norm for w in weights]
+
+
+def udpzipf(args: argparse.Namespace) -> None:
+    ports = random.Random(args.seed).sample(range(1024, 32768), args.flows)
+    rates = zipf_rates(args.flows, args.rate, args.zipf)
+    socks = []
+    for sport in ports:
+        s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
+        s.bind(("", sport))
+        s.setblocking(False)
+        socks.append(s)
+    payload = b"z" * args.size
+    credit = [0.0] * len(socks)
+    sent = dropped = 0
+    stop = False
+
+    def halt(*_: object) -> None:
+        nonlocal stop
+        stop = True
+
+    signal.signal(signal.SIGTERM, halt)
+    t0 = last = time.monotonic()
+    while not stop and (args.duration <= 0 or last - t0 < args.duration):
+        time.sleep(0.005)
+        now = time.monotonic()
+        dt, last = now - last, now
+        for i, s in enumerate(socks):
+            credit[i] += rates[i] * dt
+            n = int(credit[i])
+            credit[i] -= n
+            for _ in range(n):
+                try:
+                    s.sendto(payload, (args.dst, args.port))
+                    sent += 1
+                except BlockingIOError:
+                    dropped += 1
+    print(json.dumps({"sent": sent, "dropped": dropped, "ports": ports}), flush=True)
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = p.add_subparsers(dest="cmd", required=True)
@@ -348,6 +394,15 @@ def main(argv: list[str] | None = None) -> int:
     u.add_argument("--flows", type=int, default=2000)
     u.add_argument("--seed", type=int, default=0, help="seed of the random source ports")
     u.add_argument("--rate", type=float, default=2000.0, help="datagrams per second (0: no limit)")
+    z = sub.add_parser("udpzipf", help="steady UDP flows with Zipf-distributed rates")
+    z.add_argument("--dst", required=True)
+    z.add_argument("--port", type=int, default=5001)
+    z.add_argument("--flows", type=int, default=64)
+    z.add_argument("--rate", type=float, default=2000.0, help="datagrams per second, all flows")
+    z.add_argument("--zipf", type=float, default=1.0, help="Zipf exponent s")
+    z.add_argument("--size", type=int, default=64, help="payload bytes")
+    z.add_argument("--seed", type=int, default=0)
+    z.add_argument("--duration", type=float, default=0.0, help="0: until SIGTERM")
     args = p.parse_args(argv)
     if args.cmd == "serve":
         asyncio.run(serve(args))
@@ -355,6 +410,8 @@ def main(argv: list[str] | None = None) -> int:
         if args.short_targets is None:
             args.short_targets = args.targets
         asyncio.run(Client(args).run())
+    elif args.cmd == "udpzipf":
+        udpzipf(args)
     else:
         udpburst(args)
     return 0
