@@ -33,7 +33,9 @@ PIPELINE: dict[int, Table] = {
         Table(
             T_CLASSIFY,
             "classify",
-            "which traffic is steered, and by which pool (hash into reg0, or a select group)",
+            "which traffic is steered, and by which pool (hash into reg0, or a select group):"
+            " where it enters (host ports), and again where a chain's hop hands it back"
+            " (in_port = an instance of that hop, untagged) for the next hop's pool",
             frozenset({"in_port", "vlan_vid", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst"} | L4),
             frozenset({"multipath", "group"}),
             frozenset({"apply", "write_metadata", "goto"}),
