@@ -69,6 +69,7 @@ from typing import Any
 
 from contract.topology import Match as MatchSpec
 from contract.topology import Service, Topology, virtual_mac
+from controller.chain import reverse_public_address
 from controller.hashing import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS
 from controller.state import InstanceInfo, Steering
 from controller.topology import Routes, fabric_ports
@@ -339,18 +340,16 @@ def chain_routes(topology: Topology, svc: Service) -> list[tuple[list[int], Matc
     ending in a NAT is addressed to the NAT's public address where it enters, and after
     the NAT (which translates it back) it is the service's reversed match.
     """
-    hops = svc.hops
-    forward = list(range(len(hops)))
+    forward = list(range(len(svc.hops)))
     out: list[tuple[list[int], MatchSpec, MatchSpec]] = []
-    last = topology.pools[hops[-1]]
-    public = last.settings.public_ip if last.kind == "nat" else None  # type: ignore[union-attr]
+    public = reverse_public_address(topology, svc)
     for spec in svc.match:
         out.append((forward, spec, spec))
         if not svc.bidirectional:
             continue
         back = spec.reversed()
         entry = back
-        if len(hops) > 1 and public:
+        if public:
             entry = back.model_copy(update={"dst": f"{public}/32"})
         out.append((forward[::-1], entry, back))
     return out
