@@ -10,6 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 from fakeofp import Packet, program
+from hypothesis import given, settings
+from hypothesis import strategies as st_
 
 from contract.topology import ConfigError, parse_topology, parse_topology_text
 from controller.hashing import FiveTuple
@@ -188,3 +190,62 @@ def test_a_one_pool_chain_is_the_same_as_pool():
 def test_the_shipped_chain_loads():
     topo = parse_topology_text(CHAIN.read_text(), CHAIN)
     assert topo.services["web"].hops == ("fw", "nat")
+
+
+def test_the_chain_survives_the_openflow_wire():
+    """The same walk on fake switches programmed with the OpenFlow messages the controller
+    sends (serialized and parsed back): the hop entries' matches survive the wire."""
+    from fakeofp import FakeNetwork, FakeOFSwitch
+
+    from controller import flows as fl
+    from controller import ofmsg
+    from controller.topology import compute_routes
+
+    st = steering()
+    routes = compute_routes(st.topology)
+    net = FakeNetwork()
+    for name, sw in st.topology.switches.items():
+        of = FakeOFSwitch(name, dpid=sw.dpid)
+        steps = fl.diff(fl.Installed(), fl.desired_table(st, name, routes))
+        of.receive(ofmsg.messages(of.dp, steps))
+        assert of.table().flows == fl.Installed.of(fl.desired_table(st, name, routes)).flows
+        net.switches[name] = of.switch
+    for link in st.topology.links:
+        net.add_link(link.a, link.a_port, link.b, link.b_port)
+    for sport in range(40000, 40016):
+        ft = FiveTuple("10.0.0.1", "10.0.0.129", TCP, sport, 5001)
+        seen = walk(st, net, sport)
+        assert (seen["fw>"], seen["nat>"]) == (st.lookup("fw", ft), st.lookup("nat", ft))
+
+
+CHAIN_ITEMS = st_.lists(st_.sampled_from(["fw", "nat", "nat2", "lb", "vpn", "", 3]), max_size=5)
+
+
+@settings(max_examples=200, deadline=None, database=None)
+@given(chain=CHAIN_ITEMS, bidirectional=st_.booleans())
+def test_any_chain_is_a_working_topology_or_one_clear_error(chain, bidirectional):
+    """Fuzzed chains: a ConfigError naming file and field, or a topology whose every generated
+    entry fits the pipeline and whose chain keeps the rules."""
+    from controller import flows as fl
+    from controller.pipeline import violations
+    from controller.topology import compute_routes
+
+    data = chain_data()
+    data["pools"]["nat2"] = copy.deepcopy(data["pools"]["nat"])
+    data["pools"]["nat2"]["instances"] = {}
+    data["services"]["web"]["chain"] = chain
+    data["services"]["web"]["bidirectional"] = bidirectional
+    try:
+        topo = parse_topology(data, "fuzz.yaml")
+    except ConfigError as e:
+        # one line per problem, each naming the file and the field
+        assert all(line.startswith("fuzz.yaml: services.web") for line in str(e).split("\n"))
+        return
+    kinds = [topo.pools[p].kind for p in chain]
+    assert len(set(chain)) == len(chain) and kinds.count("nat") <= 1
+    assert "nat" not in kinds[:-1]
+    st = Steering(topo)
+    routes = compute_routes(topo)
+    for switch in topo.switches:
+        for flow in fl.desired_table(st, switch, routes).flows.values():
+            assert violations(flow) == []
