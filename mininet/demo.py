@@ -154,7 +154,8 @@ def run(args: argparse.Namespace) -> int:
         )
         report = scaleout.Scenario(emu, pool, args.state, timing, say).run()
         say("*** stopping the network")
-    stem = f"demo-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
+    when = time.strftime("%Y%m%d-%H%M%S")
+    stem = f"demo-{report['topology']}-{report['pool']}-{args.state}-{when}"
     json_path, png_path = scaleout.write_report(report, Path(args.out), stem)
     say("")
     say(f"*** summary ({time.monotonic() - t_begin:.0f} s in all)")

@@ -686,7 +686,8 @@ def main(argv: list[str] | None = None) -> int:
         pool = args.pool or next(iter(emu.topology.pools))
         sc = Scenario(emu, pool, args.state, TEST_TIMING if args.quick else DEMO_TIMING)
         report = sc.run()
-    stem = f"scaleout-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
+    when = time.strftime("%Y%m%d-%H%M%S")
+    stem = f"scaleout-{report['topology']}-{report['pool']}-{args.state}-{when}"
     j, png = write_report(report, Path(args.out), stem)
     for line in summary_lines(report):
         print(line)
