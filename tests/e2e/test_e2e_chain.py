@@ -108,8 +108,10 @@ def test_redis_state_keeps_every_connection_through_the_chain(emu, scaleout, poo
     assert emu.nfs[f"{pool}2"].proc.returncode == 0, detail
 
 
-def test_local_nat_state_breaks_connections_in_the_chain(emu, scaleout):
+@pytest.mark.parametrize("pool", ["nat", "fw"])
+def test_local_state_breaks_connections_in_the_chain(emu, scaleout, pool):
     emu.restart_control_plane()
-    report = scaleout.Scenario(emu, "nat", "local", scaleout.TEST_TIMING, say=lambda _: None).run()
-    # a reply that reaches a NAT instance without the connection's mapping is dropped
+    report = scaleout.Scenario(emu, pool, "local", scaleout.TEST_TIMING, say=lambda _: None).run()
+    # a packet that reaches an instance without its connection's state is dropped there (a
+    # NAT reply without its mapping, a firewall packet of a connection it never saw)
     assert report["summary"]["broken"] > 0, "\n".join(scaleout.summary_lines(report))
