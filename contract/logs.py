@@ -88,6 +88,10 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+def _not_mininet(record: logging.LogRecord) -> bool:
+    return record.name != "mininet" and not record.name.startswith("mininet.")
+
+
 def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = None) -> None:
     """Replace the root logger's handlers with one writing ``fmt`` lines to stderr.
 
@@ -105,7 +109,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     root.addHandler(handler)
     root.setLevel(level.upper())
     # Mininet's logger prints with a handler of its own (the demo): not a second time here.
-    # Only once Mininet made it: created here first, it would lack Mininet's logger class.
-    mininet_logger = logging.root.manager.loggerDict.get("mininet")
-    if isinstance(mininet_logger, logging.Logger):
-        mininet_logger.propagate = False
+    # (Filtered rather than `getLogger("mininet").propagate = False`: creating that logger
+    # here would keep Mininet from creating it as its own logger class, and importing
+    # mininet.log would then fail.)
+    handler.addFilter(_not_mininet)

@@ -28,7 +28,7 @@ Layout (see ``topologies/single.yaml`` for a full example)::
                                             # default mode: flows (capacity shares only)
     services:
       web:
-        pool: fw
+        pool: fw                            # or a chain of pools: chain: [fw, nat]
         bidirectional: true                 # also steer the reverse direction
         match:                              # a list; a packet matching any entry is steered
           - {proto: tcp, src: 10.0.0.0/25, dst: 10.0.0.128/25, dst_ports: [80, 5001]}
@@ -218,11 +218,28 @@ class Match(Strict):
         )
 
 
+MAX_CHAIN = 8
+
+
 class Service(Strict):
-    pool: Name
+    """Traffic steered through one pool (``pool``) or a chain of pools (``chain``)."""
+
+    pool: Name | None = None
+    chain: Annotated[list[Name], Field(min_length=1, max_length=MAX_CHAIN)] | None = None
     bidirectional: bool = True
     priority: Annotated[int, Field(ge=0, le=1000)] = 100
     match: Annotated[list[Match], Field(min_length=1)]
+
+    @model_validator(mode="after")
+    def _pool_or_chain(self) -> Service:
+        if (self.pool is None) == (self.chain is None):
+            raise ValueError("give exactly one of pool and chain")
+        return self
+
+    @property
+    def hops(self) -> tuple[str, ...]:
+        """The pools the forward direction visits, in order (one for ``pool``)."""
+        return tuple(self.chain) if self.chain is not None else (self.pool,)  # type: ignore[arg-type]
 
 
 class Topology(Strict):
@@ -330,14 +347,45 @@ def _cross_checks(t: Topology) -> Iterable[str]:
                 yield f"pools.{pname}.nf: virtual address {vip} is also the address of {ips[vip]}"
 
     for sname, svc in t.services.items():
-        if svc.pool not in t.pools:
+        if svc.pool is not None and svc.pool not in t.pools:
             yield f"services.{sname}.pool: pool {svc.pool!r} is not defined in pools"
+        yield from _chain_checks(t, sname, svc)
         for j, m in enumerate(svc.match):
             for h in m.ingress or ():
                 if h not in t.hosts:
                     yield f"services.{sname}.match[{j}].ingress: host {h!r} is not defined"
     if len(t.pools) > 250:
         yield "pools: at most 250 pools are supported"
+
+
+def _chain_checks(t: Topology, sname: str, svc: Service) -> Iterable[str]:
+    """A chain is a list of defined pools, none twice, with at most one NAT, and that one
+    last (a NAT rewrites addresses: the pools after it would see the translated ones, and
+    the reverse direction, addressed to its public address, must meet it first)."""
+    if svc.chain is None:
+        return
+    where = f"services.{sname}.chain"
+    seen: set[str] = set()
+    for i, name in enumerate(svc.chain):
+        if name not in t.pools:
+            yield f"{where}[{i}]: pool {name!r} is not defined in pools"
+        elif name in seen:
+            yield f"{where}[{i}]: pool {name!r} is already in the chain"
+        seen.add(name)
+    nats = [
+        i for i, name in enumerate(svc.chain) if name in t.pools and t.pools[name].kind == "nat"
+    ]
+    if len(nats) > 1:
+        yield f"{where}: at most one NAT pool per chain, not {len(nats)}"
+    elif nats and nats[0] != len(svc.chain) - 1:
+        yield f"{where}[{nats[0]}]: NAT pool {svc.chain[nats[0]]!r} must be last in the chain"
+    elif nats and len(svc.chain) > 1 and svc.bidirectional:
+        nat = t.pools[svc.chain[nats[0]]]
+        if not nat.settings.public_ip:  # type: ignore[union-attr]
+            yield (
+                f"{where}[{nats[0]}]: NAT pool {svc.chain[nats[0]]!r} needs nf.public_ip "
+                "(the reverse direction of a chain enters at its public address)"
+            )
 
 
 # YAML 1.1's float pattern in PyYAML needs a dot in the mantissa and a sign on the exponent,

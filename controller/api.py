@@ -8,6 +8,9 @@ Routes (JSON in and out; the OpenAPI description is at ``/openapi.json``)::
     GET    /api/v1/pools/{pool}
     GET    /api/v1/pools/{pool}/assignment
     GET    /api/v1/pools/{pool}/lookup?src=&dst=&proto=&sport=&dport=
+    GET    /api/v1/services                                 services and their chains of pools
+    GET    /api/v1/services/{service}
+    GET    /api/v1/services/{service}/lookup?src=&dst=&proto=&sport=&dport=   one answer per hop
     POST   /api/v1/pools/{pool}/instances                   add (or re-add) an instance
     DELETE /api/v1/pools/{pool}/instances/{name}            remove
     POST   /api/v1/pools/{pool}/instances/{name}/drain      drain (?force=true for the last)
@@ -21,6 +24,7 @@ TOKEN``; the API refuses to listen on a non-loopback address without one.
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
@@ -41,6 +45,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.values import Capacity, HostIPv4, Mac, Name, SwitchPort, short
 from controller import metrics
+from controller.chain import hops_of
 from controller.hashing import FiveTuple, slot_of
 from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
 
@@ -250,6 +255,30 @@ class LookupOut(BaseModel):
     instance: str | None
     slot: int
     epoch: int
+
+
+class ServiceOut(BaseModel):
+    name: str
+    chain: list[str] = Field(description="the pools the forward direction visits, in order")
+    bidirectional: bool
+    priority: int
+    match: list[dict[str, Any]]
+
+
+class HopOut(BaseModel):
+    pool: str
+    instance: str | None = Field(description="null: no owner, or the hop is after a NAT")
+    slot: int | None
+    epoch: int
+    five_tuple: dict[str, Any] | None = Field(
+        description="as this hop hashes it; null after a NAT (look up the translated one)"
+    )
+
+
+class ServiceLookupOut(BaseModel):
+    service: str
+    direction: str
+    hops: list[HopOut]
 
 
 class ChangeOut(BaseModel):
@@ -485,6 +514,66 @@ def create_api(
         slot = slot_of(ft, ps.n_slots, ps.basis)
         owners, epoch = ps.assignment, ps.epoch
         return LookupOut(pool=pool, instance=owners[slot], slot=slot, epoch=epoch)
+
+    def service_or_404(service: str):
+        svc = topology.services.get(service)
+        if svc is None:
+            raise HTTPException(404, f"unknown service {service!r}")
+        return svc
+
+    def service_out(name: str, svc) -> ServiceOut:
+        return ServiceOut(
+            name=name,
+            chain=list(svc.hops),
+            bidirectional=svc.bidirectional,
+            priority=svc.priority,
+            match=[m.model_dump(exclude_none=True) for m in svc.match],
+        )
+
+    @api.get("/api/v1/services")
+    def list_services() -> list[ServiceOut]:
+        return [service_out(n, s) for n, s in sorted(topology.services.items())]
+
+    @api.get("/api/v1/services/{service}", responses=READ_ERRORS)
+    def show_service(service: str) -> ServiceOut:
+        return service_out(service, service_or_404(service))
+
+    @api.get("/api/v1/services/{service}/lookup", responses=_errors(400, 404, 422))
+    def service_lookup(
+        service: str,
+        src: Annotated[str, Query()],
+        dst: Annotated[str, Query()],
+        proto: Annotated[str, Query()] = "tcp",
+        sport: Annotated[str, Query()] = "0",
+        dport: Annotated[str, Query()] = "0",
+    ) -> ServiceLookupOut:
+        """One answer per hop of the service's chain, in the order this 5-tuple visits them."""
+        svc = service_or_404(service)
+        try:
+            ft = FiveTuple.parse(src, dst, proto, sport, dport)
+        except ValueError as e:
+            raise HTTPException(400, str(e)) from None
+        direction, hops = hops_of(topology, svc, ft)
+        pools = app.view().pools
+        out = []
+        for hop in hops:
+            ps = pools[hop.pool]
+            if hop.five_tuple is None:
+                out.append(
+                    HopOut(pool=hop.pool, instance=None, slot=None, epoch=ps.epoch, five_tuple=None)
+                )
+                continue
+            slot = slot_of(hop.five_tuple, ps.n_slots, ps.basis)
+            out.append(
+                HopOut(
+                    pool=hop.pool,
+                    instance=ps.assignment[slot],
+                    slot=slot,
+                    epoch=ps.epoch,
+                    five_tuple=dataclasses.asdict(hop.five_tuple),
+                )
+            )
+        return ServiceLookupOut(service=service, direction=direction, hops=out)
 
     if os.environ.get("NFSTEER_TEST_HOOKS") == "1":  # for the tests only: never in service
 

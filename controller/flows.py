@@ -5,7 +5,9 @@ Pipeline (OpenFlow 1.3, one switch; declared as data in :mod:`controller.pipelin
   table 0  classify
     3000  in_port=<instance port>, untagged | in_port=<fabric port>  -> goto 2
     2500  any VLAN tag (from a host or instance port)        -> drop
-    1000+P  service match (from host ports; P = service priority)
+    3001+P  in_port=<instance port of a chain's hop k>, untagged, service match
+            (P = service priority)           -> hashed into the pool of hop k+1, as below
+    1000+P  service match (from host ports)  -> hashed into the pool of the first hop:
             multipath mode:    write_metadata(pool id), multipath(...) -> reg0, goto 1
             select_group mode: group(pool id)
     0     anything else                                      -> goto 2
@@ -66,7 +68,8 @@ from functools import cached_property
 from typing import Any
 
 from contract.topology import Match as MatchSpec
-from contract.topology import Topology, virtual_mac
+from contract.topology import Service, Topology, virtual_mac
+from controller.chain import reverse_public_address
 from controller.hashing import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS
 from controller.state import InstanceInfo, Steering
 from controller.topology import Routes, fabric_ports
@@ -83,6 +86,7 @@ MAX_VID = 4094
 PRIO_IN_PORT = 3000
 PRIO_TAGGED_DROP = 2500
 PRIO_SERVICE_BASE = 1000
+PRIO_HOP_BASE = 3001  # above PRIO_IN_PORT: a chain hop's output is classified again
 PRIO_DEFAULT = 0
 PRIO_SLOT = 100
 PRIO_VID, PRIO_VID_DROP, PRIO_ARP, PRIO_IP, PRIO_L2 = 500, 400, 300, 200, 100
@@ -325,6 +329,32 @@ def _prefix(net: str | None) -> Any:
     return (str(n.network_address), str(n.netmask))
 
 
+def chain_routes(topology: Topology, svc: Service) -> list[tuple[list[int], MatchSpec, MatchSpec]]:
+    """Each direction a service steers, per match entry: (hop indexes in the order the
+    direction visits them, the match where it enters the network, the match of its packets
+    as the hops after the first see them).
+
+    The forward direction visits the hops in order, the reverse direction (bidirectional
+    services) in reverse order. A NAT is last in a chain, so the forward direction's
+    packets are untranslated until they leave the chain; the reverse direction of a chain
+    ending in a NAT is addressed to the NAT's public address where it enters, and after
+    the NAT (which translates it back) it is the service's reversed match.
+    """
+    forward = list(range(len(svc.hops)))
+    out: list[tuple[list[int], MatchSpec, MatchSpec]] = []
+    public = reverse_public_address(topology, svc)
+    for spec in svc.match:
+        out.append((forward, spec, spec))
+        if not svc.bidirectional:
+            continue
+        back = spec.reversed()
+        entry = back
+        if public:
+            entry = back.model_copy(update={"dst": f"{public}/32"})
+        out.append((forward[::-1], entry, back))
+    return out
+
+
 def service_matches(spec: MatchSpec) -> list[dict[str, Any]]:
     """One OpenFlow match (as field dict, without in_port) per port combination."""
     base: dict[str, Any] = {"eth_type": ETH_IPV4}
@@ -481,51 +511,80 @@ def _base_table(
     table.add(Flow(T_CLASSIFY, PRIO_DEFAULT, make_match(), goto_fwd))
 
     # Traffic is classified where it enters the network: switches without hosts (e.g.
-    # spines) only forward.
+    # spines) only forward. A chain's later hops are classified where the previous hop's
+    # instance hands the packet back (in_port = that instance's port), on any switch.
     edge = any(h.switch == switch for h in topo.hosts.values())
     used_pools: set[str] = set()
-    for _, svc in sorted(topo.services.items()) if edge else ():
-        pool = steering.pools[svc.pool]
-        pid = pids[svc.pool]
+
+    def steer(pname: str) -> tuple[Instruction, ...]:
+        used_pools.add(pname)
+        pool = steering.pools[pname]
+        pid = pids[pname]
         if mode == "select_group":
-            instructions: tuple[Instruction, ...] = (("apply", (("group", pid),)),)
-        else:
-            multipath = (
-                "multipath",
-                MULTIPATH_FIELDS,
-                pool.basis,
-                MULTIPATH_ALGORITHM,
-                pool.n_slots - 1,  # max_link: number of links minus one
-                0,
-                "reg0",
-                0,
-                15,
-            )
-            instructions = (
-                ("apply", (multipath,)),
-                ("write_metadata", pid, METADATA_MASK),
-                ("goto", T_SLOTS),
-            )
-        entries: list[tuple[MatchSpec, list[str] | None]] = []
-        for spec in svc.match:
-            entries.append((spec, spec.ingress))
-            if svc.bidirectional:
-                entries.append((spec.reversed(), None))
-        for spec, ingress in entries:
-            if ingress is None:
-                in_ports: list[int | None] = [None]
-            else:
-                in_ports = sorted(
-                    topo.hosts[h].port for h in ingress if topo.hosts[h].switch == switch
+            return (("apply", (("group", pid),)),)
+        multipath = (
+            "multipath",
+            MULTIPATH_FIELDS,
+            pool.basis,
+            MULTIPATH_ALGORITHM,
+            pool.n_slots - 1,  # max_link: number of links minus one
+            0,
+            "reg0",
+            0,
+            15,
+        )
+        return (
+            ("apply", (multipath,)),
+            ("write_metadata", pid, METADATA_MASK),
+            ("goto", T_SLOTS),
+        )
+
+    def add_entries(
+        prio: int, spec: MatchSpec, in_ports: Iterable[int | None], vlan: int | None, to: str
+    ) -> None:
+        in_ports = list(in_ports)
+        if not in_ports:
+            return
+        instructions = steer(to)
+        for fields_, in_port in itertools.product(service_matches(spec), in_ports):
+            m = make_match(in_port=in_port, vlan_vid=vlan, **fields_)
+            # The first service listed wins a tie on identical matches.
+            table.flows.setdefault((T_CLASSIFY, prio, m), Flow(T_CLASSIFY, prio, m, instructions))
+
+    def local_ports(pname: str) -> list[int]:
+        return sorted(
+            {
+                i.port
+                for i in steering.pools[pname].instances.values()
+                if i.switch == switch and i.port is not None
+            }
+        )
+
+    for _, svc in sorted(topo.services.items()):
+        hops = svc.hops
+        for route, entry_spec, later_spec in chain_routes(topo, svc):
+            pools_in_order = [hops[i] for i in route]
+            if edge:
+                used_pools.add(pools_in_order[0])
+                ingress = entry_spec.ingress
+                if ingress is None:
+                    in_ports: list[int | None] = [None]
+                else:
+                    in_ports = sorted(
+                        topo.hosts[h].port for h in ingress if topo.hosts[h].switch == switch
+                    )
+                add_entries(
+                    PRIO_SERVICE_BASE + svc.priority, entry_spec, in_ports, None, pools_in_order[0]
                 )
-            for fields_, in_port in itertools.product(service_matches(spec), in_ports):
-                m = make_match(in_port=in_port, **fields_)
-                prio = PRIO_SERVICE_BASE + svc.priority
-                # The first service listed wins a tie on identical matches.
-                table.flows.setdefault(
-                    (T_CLASSIFY, prio, m), Flow(T_CLASSIFY, prio, m, instructions)
+            # Back from an instance of one hop: on to the next hop's pool.
+            for here, nxt in itertools.pairwise(pools_in_order):
+                add_entries(
+                    PRIO_HOP_BASE + svc.priority,
+                    later_spec,
+                    local_ports(here),
+                    OFPVID_NONE,
+                    nxt,
                 )
-        used_pools.add(svc.pool)
 
     # table 1 (or the pool's select group): slot -> instance.
     sources: dict[str, SlotSource] = {}

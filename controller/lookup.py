@@ -7,11 +7,16 @@ may differ after joins, failures or capacity changes; ask it with ``--api URL``.
 
 Online (``--api URL``): asks a running controller,
 ``GET {URL}/api/v1/pools/{pool}/lookup?src=&dst=&proto=&sport=&dport=``.
+
+``--service NAME`` instead of ``--pool`` answers for each hop of the service's chain, in the
+order the 5-tuple visits them (:mod:`controller.chain`; online:
+``GET {URL}/api/v1/services/{service}/lookup?...``).
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import sys
 from typing import Any
@@ -29,7 +34,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--api", metavar="URL", help="ask a running controller, e.g. http://127.0.0.1:8080"
     )
     add_api_token_arguments(parser, "bearer token for --api (default $NFSTEER_API_TOKEN)")
-    parser.add_argument("--pool", required=True, help="pool name")
+    which = parser.add_mutually_exclusive_group(required=True)
+    which.add_argument("--pool", help="pool name")
+    which.add_argument(
+        "--service", help="service name: one answer per pool of its chain, in the order visited"
+    )
     parser.add_argument("--json", action="store_true", help="print one JSON object")
     parser.add_argument("--timeout", type=float, default=5.0, help="--api timeout, seconds")
     parser.add_argument("src", metavar="SRC", help="source IPv4 address")
@@ -52,6 +61,13 @@ def run(args: argparse.Namespace) -> int:
         return _ask_controller(args, ft)
     if args.api_token or args.api_token_file:
         raise UsageError("--api-token needs --api")
+    if args.service:
+        chain = offline_service_lookup(args.topology, args.service, ft)
+        if args.json:
+            print(json.dumps(chain, sort_keys=True))
+        else:
+            _print_hops(chain)
+        return 0
     answer = offline_lookup(args.topology, args.pool, ft)
     if args.json:
         print(json.dumps(answer, sort_keys=True))
@@ -66,10 +82,14 @@ def run(args: argparse.Namespace) -> int:
 def offline_lookup(topology_path: str, pool: str, ft: Any) -> dict[str, Any]:
     """The answer computed from a topology file; raises ConfigError/UsageError."""
     from contract.topology import load_topology
+
+    return _pool_answer(load_topology(topology_path), topology_path, pool, ft)
+
+
+def _pool_answer(topology: Any, topology_path: str, pool: str, ft: Any) -> dict[str, Any]:
     from controller.hashing import flow_hash
     from controller.slots import assign
 
-    topology = load_topology(topology_path)
     if pool not in topology.pools:
         known = ", ".join(sorted(topology.pools)) or "none"
         raise UsageError(f"pool {pool!r} is not in {topology_path} (pools: {known})")
@@ -94,6 +114,44 @@ def offline_lookup(topology_path: str, pool: str, ft: Any) -> dict[str, Any]:
     }
 
 
+def offline_service_lookup(topology_path: str, service: str, ft: Any) -> dict[str, Any]:
+    """One answer per hop of ``service``, computed from a topology file."""
+    from contract.topology import load_topology
+    from controller.chain import hops_of
+
+    topology = load_topology(topology_path)
+    svc = topology.services.get(service)
+    if svc is None:
+        known = ", ".join(sorted(topology.services)) or "none"
+        raise UsageError(f"service {service!r} is not in {topology_path} (services: {known})")
+    direction, hops = hops_of(topology, svc, ft)
+    out = []
+    for hop in hops:
+        if hop.five_tuple is None:
+            out.append({"pool": hop.pool, "instance": None, "slot": None, "five_tuple": None})
+            continue
+        answer = _pool_answer(topology, topology_path, hop.pool, hop.five_tuple)
+        out.append(
+            {
+                "pool": hop.pool,
+                "instance": answer["instance"],
+                "slot": answer["slot"],
+                "five_tuple": dataclasses.asdict(hop.five_tuple),
+            }
+        )
+    return {"service": service, "direction": direction, "hops": out}
+
+
+def _print_hops(chain: dict[str, Any]) -> None:
+    print(f"service {chain['service']}, {chain['direction']} direction:")
+    for i, hop in enumerate(chain["hops"], start=1):
+        if hop["five_tuple"] is None:
+            print(f"  {i}. {hop['pool']}: after the NAT (look up the translated 5-tuple)")
+        else:
+            epoch = f", epoch {hop['epoch']}" if "epoch" in hop else ""
+            print(f"  {i}. {hop['pool']}: {hop['instance']}  (slot {hop['slot']}{epoch})")
+
+
 def _ask_controller(args: argparse.Namespace, ft: Any) -> int:
     from urllib.parse import quote
 
@@ -106,7 +164,10 @@ def _ask_controller(args: argparse.Namespace, ft: Any) -> int:
     headers = {"Authorization": f"Bearer {token}"} if token else {}
     params = {"src": ft.src, "dst": ft.dst, "proto": ft.proto, "sport": ft.sport}
     params["dport"] = ft.dport
-    url = f"{base}/api/v1/pools/{quote(args.pool, safe='')}/lookup"
+    if args.service:
+        url = f"{base}/api/v1/services/{quote(args.service, safe='')}/lookup"
+    else:
+        url = f"{base}/api/v1/pools/{quote(args.pool, safe='')}/lookup"
     try:
         r = httpx.get(url, params=params, headers=headers, timeout=args.timeout)
     except httpx.HTTPError as e:
@@ -121,6 +182,22 @@ def _ask_controller(args: argparse.Namespace, ft: Any) -> int:
             raise UsageError(message)
         print(f"nfsteer lookup: {message}", file=sys.stderr)
         return EXIT_UNREACHABLE
+    if args.service:
+        try:
+            chain = r.json()
+            ok = isinstance(chain["hops"], list) and isinstance(chain["direction"], str)
+        except (ValueError, KeyError, TypeError):
+            ok = False
+        if not ok:
+            print(
+                f"nfsteer lookup: unexpected answer from {url}: {r.text[:200]!r}", file=sys.stderr
+            )
+            return EXIT_UNREACHABLE
+        if args.json:
+            print(json.dumps(chain, sort_keys=True))
+        else:
+            _print_hops(chain)
+        return 0
     try:
         answer = r.json()
         instance, slot, epoch = answer["instance"], answer["slot"], answer["epoch"]

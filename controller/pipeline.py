@@ -9,8 +9,27 @@ strays from the pipeline fails the tests (every generated table is checked there
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Any
 
-from controller.flows import T_CLASSIFY, T_FORWARD, T_SLOTS, Flow, Group
+from controller.flows import (
+    OFPVID_NONE,
+    PRIO_HOP_BASE,
+    T_CLASSIFY,
+    T_FORWARD,
+    T_SLOTS,
+    Flow,
+    Group,
+)
+
+
+@dataclass(frozen=True)
+class Band:
+    """Entries of a table in a priority range, and the match values they must all have."""
+
+    low: int
+    high: int
+    purpose: str
+    requires: tuple[tuple[str, Any], ...]  # (field, value); value None: any value
 
 
 @dataclass(frozen=True)
@@ -22,6 +41,7 @@ class Table:
     actions: frozenset[str]
     instructions: frozenset[str]
     goto: frozenset[int] = frozenset()
+    bands: tuple[Band, ...] = ()
 
 
 L4 = {"tcp_src", "tcp_dst", "udp_src", "udp_dst"}
@@ -33,11 +53,21 @@ PIPELINE: dict[int, Table] = {
         Table(
             T_CLASSIFY,
             "classify",
-            "which traffic is steered, and by which pool (hash into reg0, or a select group)",
+            "which traffic is steered, and by which pool (hash into reg0, or a select group):"
+            " where it enters (host ports), and again where a chain's hop hands it back"
+            " (in_port = an instance of that hop, untagged) for the next hop's pool",
             frozenset({"in_port", "vlan_vid", "eth_type", "ip_proto", "ipv4_src", "ipv4_dst"} | L4),
             frozenset({"multipath", "group"}),
             frozenset({"apply", "write_metadata", "goto"}),
             frozenset({T_SLOTS, T_FORWARD}),
+            (
+                Band(
+                    PRIO_HOP_BASE,
+                    PRIO_HOP_BASE + 1000,
+                    "a chain's next hop: only what an instance of the previous hop hands back",
+                    (("in_port", None), ("vlan_vid", OFPVID_NONE), ("eth_type", None)),
+                ),
+            ),
         ),
         Table(
             T_SLOTS,
@@ -70,6 +100,13 @@ def violations(flow: Flow) -> list[str]:
     for name, _ in flow.match:
         if name not in table.match_fields:
             out.append(f"{where}: match field {name} is not allowed")
+    match = dict(flow.match)
+    for band in table.bands:
+        if band.low <= flow.priority <= band.high:
+            for name, value in band.requires:
+                if name not in match or (value is not None and match[name] != value):
+                    want = name if value is None else f"{name}={value}"
+                    out.append(f"{where}: {band.purpose}: needs {want}")
     for ins in flow.instructions:
         if ins[0] not in table.instructions:
             out.append(f"{where}: instruction {ins[0]} is not allowed")

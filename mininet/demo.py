@@ -146,11 +146,7 @@ def run(args: argparse.Namespace) -> int:
             print(f"  - {m}", file=sys.stderr)
         return 1
     scaleout = load_scenario()
-    import logging
-
     from mininet.log import setLogLevel
-
-    logging.getLogger("mininet").propagate = False  # it prints with a handler of its own
 
     setLogLevel("warning")
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the network on `kill`
@@ -174,7 +170,8 @@ def run(args: argparse.Namespace) -> int:
             controller_events=args.controllers > 1,
         ).run()  # fmt: skip
         say("*** stopping the network")
-    stem = f"demo-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
+    when = time.strftime("%Y%m%d-%H%M%S")
+    stem = f"demo-{report['topology']}-{report['pool']}-{args.state}-{when}"
     json_path, png_path = scaleout.write_report(report, Path(args.out), stem)
     say("")
     say(f"*** summary ({time.monotonic() - t_begin:.0f} s in all)")

@@ -331,6 +331,17 @@ FAILOVER_EVENTS = ("store-failover", "controller-failover", "controller-pause")
 
 
 # ---- the scenario ------------------------------------------------------------------------
+def chained_instances(topology: Any, pool: str) -> list[str]:
+    """Instances of the pools that share a service chain with ``pool``, in file order."""
+    out: list[str] = []
+    for svc in topology.services.values():
+        if pool in svc.hops:
+            for other in svc.hops:
+                if other != pool:
+                    out += [n for n in topology.pools[other].instances if n not in out]
+    return out
+
+
 class Scenario:
     def __init__(
         self,
@@ -358,6 +369,9 @@ class Scenario:
         self.instances = list(emu.topology.pools[pool].instances)
         if len(self.instances) < 3:
             raise ValueError(f"pool {pool!r} needs at least 3 instances for the scenario")
+        # The other pools of every chain this pool is in carry the same traffic: all their
+        # instances run, with their state in Redis, so that what breaks is this pool's doing.
+        self.chained = chained_instances(emu.topology, pool)
         self.events: list[dict[str, Any]] = []
         self.t0 = time.time()
         self.monitor = PortMonitor(emu, self.instances, timing.sample)
@@ -391,6 +405,15 @@ class Scenario:
             tail = nf.log.read_text(errors="replace")[-1500:] if nf.log.exists() else ""
             raise RuntimeError(f"instance {name} did not become active:\n{tail}")
         self.figures["time_to_traffic"][name] = {"started": nf.started, "active": t_active}
+
+    def start_chained(self) -> None:
+        for name in self.chained:
+            self.emu.start_nf(name, state="redis")
+        for name in self.chained:
+            if wait_member(self.emu, self.emu.pool_of(name), name, ("active",)) is None:
+                raise RuntimeError(f"instance {name} of the chain did not become active")
+        if self.chained:
+            self.event("chain", None, running=",".join(self.chained))
 
     def sleep(self, seconds: float) -> None:
         time.sleep(max(0.0, seconds))
@@ -428,6 +451,7 @@ class Scenario:
         ticker = threading.Thread(target=self.ticker, daemon=True, name="em-ticker")
         ticker.start()
         try:
+            self.start_chained()
             self.start_instance(first)
             self.clients = Clients(self.emu, targets, self.timing)
             if not self.clients.wait_established(15):
@@ -647,6 +671,7 @@ class Scenario:
         return {
             "topology": self.emu.topology.name,
             "pool": self.pool,
+            "chained": self.chained,
             "state": self.state,
             "timing": asdict(self.timing),
             "heartbeat_ttl_ms": self.emu.heartbeat_ttl_ms,
@@ -734,6 +759,12 @@ def summary_lines(report: dict[str, Any]) -> list[str]:
         f"short connections {s['short_ok']} ok, {s['short_failed']} failed, "
         f"{s['short_slow']} slower than 1 s",
     ]
+    if report.get("chained"):
+        lines.insert(
+            0,
+            f"pool {report['pool']} in a chain; running throughout (Redis state): "
+            + ", ".join(report["chained"]),
+        )
     fg = f.get("failure_gap_s", {})
     lines.append(
         f"traffic gap on failure: process kill {fg.get('kill', 0):.3f} s "
@@ -800,7 +831,8 @@ def main(argv: list[str] | None = None) -> int:
             controller_events=args.controllers > 1,
         )  # fmt: skip
         report = sc.run()
-    stem = f"scaleout-{report['topology']}-{args.state}-{time.strftime('%Y%m%d-%H%M%S')}"
+    when = time.strftime("%Y%m%d-%H%M%S")
+    stem = f"scaleout-{report['topology']}-{report['pool']}-{args.state}-{when}"
     j, png = write_report(report, Path(args.out), stem)
     for line in summary_lines(report):
         print(line)

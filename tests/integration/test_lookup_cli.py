@@ -223,3 +223,69 @@ def test_api_lookup_against_the_real_controller(capsys, tmp_path, redis_server):
         assert code == 2 and "nope" in err and err.count("\n") == 1
     finally:
         stop()
+
+
+CHAIN = REPO / "topologies" / "chain.yaml"
+
+
+def test_offline_service_lookup_answers_per_hop(capsys):
+    fwd = ["10.0.0.1", "10.0.0.129", "tcp", "40000", "5001"]
+    chain = lookup_json(capsys, "--topology", str(CHAIN), "--service", "web", *fwd)
+    assert chain["direction"] == "forward"
+    assert [h["pool"] for h in chain["hops"]] == ["fw", "nat"]
+    for hop in chain["hops"]:  # each hop: the pool's own answer for the same 5-tuple
+        alone = lookup_json(capsys, "--topology", str(CHAIN), "--pool", hop["pool"], *fwd)
+        assert (hop["instance"], hop["slot"]) == (alone["instance"], alone["slot"])
+    # A reply to the NAT's public address meets the NAT first; the firewall after it sees
+    # the translated 5-tuple, which only the NAT knows.
+    back = ["10.0.0.129", "10.0.0.240", "tcp", "5001", "20000"]
+    rev = lookup_json(capsys, "--topology", str(CHAIN), "--service", "web", *back)
+    assert rev["direction"] == "reverse"
+    assert [h["pool"] for h in rev["hops"]] == ["nat", "fw"]
+    nat = lookup_json(capsys, "--topology", str(CHAIN), "--pool", "nat", *back)
+    assert rev["hops"][0]["instance"] == nat["instance"]
+    assert rev["hops"][1]["instance"] is None and rev["hops"][1]["five_tuple"] is None
+    code, out, _ = lookup(capsys, "--topology", str(CHAIN), "--service", "web", *back)
+    assert code == 0 and "1. nat: nat" in out and "2. fw: after the NAT" in out
+    code, _, err = lookup(capsys, "--topology", str(CHAIN), "--service", "nope", *fwd)
+    assert code == 2 and "service 'nope' is not in" in err and err.count("\n") == 1
+
+
+@pytest.mark.redis
+def test_api_service_lookup_against_the_real_controller(capsys, tmp_path, redis_server):
+    """The REST API shows a service's chain and answers per hop as the offline lookup does."""
+    import httpx
+
+    from controller.launcher import start_in_thread
+    from controller.options import Options
+    from controller.service import services_of
+
+    topo = tmp_path / "chain.yaml"
+    topo.write_text(CHAIN.read_text().replace("membership: registered", "membership: static"))
+    options = Options(
+        topology=topo, redis_url=redis_server.url, listen=("127.0.0.1", 0), api=("127.0.0.1", 0)
+    )
+    app, stop = start_in_thread(options)
+    try:
+        services = services_of(app)
+        assert services is not None and services.api_server is not None
+        url = f"http://127.0.0.1:{services.api_server.port}"
+        shown = httpx.get(f"{url}/api/v1/services/web").json()
+        assert shown["chain"] == ["fw", "nat"] and shown["bidirectional"] is True
+        assert [s["name"] for s in httpx.get(f"{url}/api/v1/services").json()] == ["web"]
+        assert httpx.get(f"{url}/api/v1/services/nope").status_code == 404
+        for sport in range(40000, 40010):
+            for ft in (
+                ["10.0.0.1", "10.0.0.129", "tcp", str(sport), "5001"],
+                ["10.0.0.129", "10.0.0.240", "tcp", "5001", str(sport)],
+            ):
+                online = lookup_json(capsys, "--api", url, "--service", "web", *ft)
+                offline = lookup_json(capsys, "--topology", str(topo), "--service", "web", *ft)
+                assert online["direction"] == offline["direction"]
+                assert [(h["pool"], h["instance"], h["slot"]) for h in online["hops"]] == [
+                    (h["pool"], h["instance"], h["slot"]) for h in offline["hops"]
+                ]
+        code, out, _ = lookup(capsys, "--api", url, "--service", "web", *TUPLE)
+        assert code == 0 and "1. fw: fw" in out and "epoch" in out
+    finally:
+        stop()

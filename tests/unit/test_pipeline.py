@@ -56,4 +56,9 @@ def test_a_stray_entry_is_named():
     assert any("match field in_port" in p for p in problems)
     assert any("instruction goto" in p for p in problems)
     assert violations(fl.Flow(9, 1, (), ())) == ["table 9 is not in the pipeline"]
+    # a chain hop entry must name the instance port it serves and take untagged frames only
+    hop = fl.Flow(fl.T_CLASSIFY, fl.PRIO_HOP_BASE, fl.make_match(eth_type=fl.ETH_IPV4), ())
+    problems = violations(hop)
+    assert any("needs in_port" in p for p in problems)
+    assert any("needs vlan_vid=0" in p for p in problems)
     assert set(PIPELINE) == {fl.T_CLASSIFY, fl.T_SLOTS, fl.T_FORWARD}
