@@ -88,6 +88,22 @@ def json_formatter() -> logging.Formatter:
     )
 
 
+class _Stderr(logging.StreamHandler):
+    """Writes to whatever ``sys.stderr`` is when a record comes (it may have been replaced
+    since the set-up, e.g. by a test's capture), not to the stream it was then."""
+
+    def __init__(self) -> None:
+        super().__init__(sys.stderr)
+
+    @property  # type: ignore[override]
+    def stream(self) -> TextIO:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, value: TextIO) -> None:
+        pass
+
+
 def _not_mininet(record: logging.LogRecord) -> bool:
     return record.name != "mininet" and not record.name.startswith("mininet.")
 
@@ -100,7 +116,7 @@ def configure(level: str = "INFO", fmt: str = "text", stream: TextIO | None = No
     """
     if fmt not in FORMATS:
         raise ValueError(f"log format must be one of {', '.join(FORMATS)}, not {fmt!r}")
-    handler = logging.StreamHandler(stream or sys.stderr)
+    handler = logging.StreamHandler(stream) if stream is not None else _Stderr()
     handler.setFormatter(json_formatter() if fmt == "json" else TextFormatter())
     handler.addFilter(_BoundFields())
     root = logging.getLogger()

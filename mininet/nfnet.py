@@ -49,6 +49,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import inspect
+import logging
 import os
 import secrets
 import shutil
@@ -94,6 +95,10 @@ from mininet.log import info  # noqa: E402
 from mininet.net import Mininet  # noqa: E402
 from mininet.node import Host, OVSSwitch, RemoteController  # noqa: E402
 from mininet.topo import Topo  # noqa: E402
+
+# mininet.log makes every logger created from now on a MininetLogger (its own console
+# handler, level OUTPUT): this process's other loggers stay plain ones.
+logging.setLoggerClass(logging.Logger)
 
 from contract.topology import Topology, load_topology  # noqa: E402
 

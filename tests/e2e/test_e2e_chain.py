@@ -36,9 +36,9 @@ SERVERS = ["10.0.0.129:5001", "10.0.0.130:5001"]
 
 def nat_mappings(emu) -> dict[int, tuple[str, int, str, int]]:
     """TCP mappings the NAT pool holds in Redis: public port -> inside and remote ends."""
-    import redis
+    from controller.store import connect
 
-    r = redis.Redis.from_url(emu.redis_url, decode_responses=True)
+    r = connect(emu.redis_url)  # the replicated store's Sentinel URL
     out = {}
     for key in r.scan_iter(match="nfsteer:nat:{nat:*}:map"):
         for field, value in r.hgetall(key).items():
