@@ -22,6 +22,7 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
 
@@ -52,6 +53,13 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
         help="heartbeat expiry of NF instances (default 300)",
     )
     p.add_argument("--quick", action="store_true", help="shorter pauses (as in the tests)")
+    p.add_argument(
+        "--scenario",
+        choices=("scaleout", "elephants"),
+        default="scaleout",
+        help="scaleout (default): scale-out, failures, scale-in; elephants: a skewed "
+        "workload, hash-only vs load-aware rebalancing side by side (single.yaml)",
+    )
     p.add_argument(
         "--controllers",
         type=int,
@@ -117,9 +125,9 @@ def prerequisites(topology_path: str) -> list[str]:
     return missing
 
 
-def load_scenario() -> ModuleType:
-    """mininet/scaleout.py, loaded by path (the folder must not shadow Mininet's package)."""
-    spec = importlib.util.spec_from_file_location("nfsteer_scaleout", MININET_DIR / "scaleout.py")
+def load_scenario(name: str = "scaleout") -> ModuleType:
+    """mininet/NAME.py, loaded by path (the folder must not shadow Mininet's package)."""
+    spec = importlib.util.spec_from_file_location(f"nfsteer_{name}", MININET_DIR / f"{name}.py")
     assert spec is not None and spec.loader is not None
     module = importlib.util.module_from_spec(spec)
     sys.modules[spec.name] = module
@@ -151,6 +159,8 @@ def run(args: argparse.Namespace) -> int:
     setLogLevel("warning")
     signal.signal(signal.SIGTERM, _interrupt)  # clean up the network on `kill`
     say = lambda line: print(line, flush=True)  # noqa: E731
+    if args.scenario == "elephants":
+        return run_elephants(args, say)
     timing = scaleout.TEST_TIMING if args.quick else scaleout.DEMO_TIMING
     t_begin = time.monotonic()
     say(f"*** building {args.topology} in Mininet (Redis, controller, echo servers)")
@@ -184,3 +194,28 @@ def run(args: argparse.Namespace) -> int:
         say("  RESULT: connections were disrupted although state is in Redis")
         return 1
     return 0
+
+
+def run_elephants(args: argparse.Namespace, say: Callable[[str], None]) -> int:
+    """The skewed workload: hash-only vs load-aware, a report and a side-by-side plot."""
+    elephants = load_scenario("elephants")
+    t_begin = time.monotonic()
+    steady = 15.0 if args.quick else 40.0
+    opts = elephants.options(steady_s=steady, interval_s=3.0 if args.quick else 5.0)
+    say(f"*** elephants on topologies/single.yaml: {opts.flows} UDP flows "
+        f"(Zipf s={opts.zipf}), pool fw in load mode (threshold {opts.threshold:g}, "
+        f"every {opts.interval_s:g} s)")  # fmt: skip
+    result = elephants.run(opts, lambda line: say("    " + line))
+    stem = f"demo-elephants-{time.strftime('%Y%m%d-%H%M%S')}"
+    json_path, png_path = elephants.write_report(result, Path(args.out), stem)
+    imb, conv = result["imbalance"], result["converge"]
+    say("")
+    say(f"*** summary ({time.monotonic() - t_begin:.0f} s in all)")
+    say(f"  imbalance: hash only {imb['hash_only']}, load-aware {imb['load_aware']}, "
+        f"best possible {imb['best_possible_lpt']}")  # fmt: skip
+    say(f"  {conv['slots_moved']} slots moved, {result['moves_in_steady_window']} moves in "
+        f"the {steady:g} s steady window; {result['broken']} of {result['long_connections']} "
+        "long-lived TCP connections broken")  # fmt: skip
+    say(f"  report: {json_path}")
+    say(f"  plot:   {png_path}")
+    return 1 if result["broken"] else 0
