@@ -28,7 +28,7 @@ from nf_support import (
     write_topology,
 )
 
-from controller import keys
+from contract import keys
 
 C, S = "10.0.0.1", "10.0.0.129"
 

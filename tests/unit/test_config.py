@@ -1,4 +1,4 @@
-"""Topology files (controller/config.py), `nfsteer check`, and controller options."""
+"""Topology files (contract/topology.py), `nfsteer check`, and controller options."""
 
 from __future__ import annotations
 
@@ -275,7 +275,7 @@ def test_app_reads_options_from_environment(monkeypatch):
     assert result.wait(0) and result.changes[0].moved
 
 
-# Gaps in controller/config.py, recorded so that they flip to passing when it is fixed.
+# Gaps in contract/topology.py, recorded so that they flip to passing when it is fixed.
 def test_empty_prefix_is_rejected():
     errors_of(_set(base(), "services.web.match.0.src", ""))
 

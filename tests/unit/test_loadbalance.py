@@ -311,7 +311,7 @@ def test_watch_records_moves_by_reason_and_reports():
 
 
 def test_move_slots_checks_everything_first():
-    from controller.config import load_topology
+    from contract.topology import load_topology
 
     st_ = Steering(load_topology(REPO / "topologies" / "single.yaml"))
     ps = st_.pools["fw"]
@@ -388,7 +388,7 @@ def test_failure_or_join_after_load_moves_moves_few_slots(loads, victim, join):
     """Load moves are on top of the capacity layer: an instance failing (or coming back)
     afterwards moves its own slots and at most one slot per load move and per instance
     (quota rounding) besides, never the whole pool."""
-    from controller.config import load_topology
+    from contract.topology import load_topology
 
     topo = load_topology(REPO / "topologies" / "single.yaml")
     data = topo.model_dump()
@@ -414,7 +414,7 @@ def test_failure_or_join_after_load_moves_moves_few_slots(loads, victim, join):
 
 
 def test_registering_again_keeps_load_moves():
-    from controller.config import load_topology
+    from contract.topology import load_topology
 
     steering = Steering(load_topology(REPO / "topologies" / "single.yaml"))
     ps = steering.pools["fw"]
