@@ -148,3 +148,25 @@ class Bridge:
 
     def delete(self) -> None:
         run("ovs-vsctl", "--timeout=10", "--if-exists", "del-br", self.name, check=False)
+
+
+REPO = Path(__file__).resolve().parents[1]
+SINGLE = REPO / "topologies" / "single.yaml"
+SINGLE_PORTS = [1, 2, 3, 4, 5, 11, 12, 13, 14]  # the OpenFlow ports single.yaml uses
+
+
+def static_single(directory: Path) -> Path:
+    """topologies/single.yaml with every pool static (no Redis needed), written into
+    ``directory`` and checked."""
+    import yaml
+
+    from contract.topology import load_topology
+
+    data = yaml.safe_load(SINGLE.read_text())
+    for pool in data["pools"].values():
+        pool["membership"] = "static"
+        pool.pop("nf", None)
+    path = directory / "topology.yaml"
+    path.write_text(yaml.safe_dump(data))
+    load_topology(path)
+    return path

@@ -20,9 +20,8 @@ from pathlib import Path
 import httpx
 import pytest
 import redis
-import yaml
 from conftest import REPO, free_port, unique_name
-from ovs_support import Bridge, vsctl, wait_for
+from ovs_support import Bridge, static_single, vsctl, wait_for
 
 from contract.topology import load_topology
 
@@ -87,14 +86,7 @@ class Controller:
 
 @pytest.fixture
 def topo(tmp_path) -> Path:
-    data = yaml.safe_load(SINGLE.read_text())
-    for pool in data["pools"].values():
-        pool["membership"] = "static"
-        pool.pop("nf", None)
-    path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(data))
-    load_topology(path)
-    return path
+    return static_single(tmp_path)
 
 
 @pytest.fixture

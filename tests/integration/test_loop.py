@@ -21,11 +21,9 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from conftest import REPO, free_port, unique_name
-from ovs_support import Bridge, ofctl, wait_for
+from ovs_support import Bridge, ofctl, static_single, wait_for
 
-from contract.topology import load_topology
 from controller import flows as fl
 from controller import ofmsg
 from controller.launcher import start_in_thread
@@ -41,14 +39,7 @@ NFSTEER = Path(sys.executable).parent / "nfsteer"
 
 
 def static_topology(tmp_path: Path) -> Path:
-    data = yaml.safe_load(SINGLE.read_text())
-    for pool in data["pools"].values():
-        pool["membership"] = "static"
-        pool.pop("nf", None)
-    path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(data))
-    load_topology(path)
-    return path
+    return static_single(tmp_path)
 
 
 @pytest.fixture

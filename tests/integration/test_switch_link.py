@@ -22,12 +22,10 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 from conftest import free_port, require, unique_name
 from ofpeer_support import RawPeer, header, hello, thread_count, wait_threads
-from ovs_support import Bridge, vsctl, wait_for
+from ovs_support import Bridge, static_single, vsctl, wait_for
 
-from contract.topology import load_topology
 from controller import flows as fl
 from controller.launcher import start_in_thread
 from controller.oftls import TlsFiles
@@ -47,14 +45,7 @@ FAST = LinkTimers(handshake_s=1.0, echo_interval_s=0.4, echo_misses=3, max_pendi
 
 @pytest.fixture
 def topology(tmp_path: Path) -> Path:
-    data = yaml.safe_load(SINGLE.read_text())
-    for pool in data["pools"].values():
-        pool["membership"] = "static"
-        pool.pop("nf", None)
-    path = tmp_path / "topology.yaml"
-    path.write_text(yaml.safe_dump(data))
-    load_topology(path)
-    return path
+    return static_single(tmp_path)
 
 
 @pytest.fixture
