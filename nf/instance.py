@@ -157,13 +157,18 @@ class Instance:
     def _write_stats(self) -> None:
         stats = self.stats()
         if self.stats_file:
-            try:
-                d = os.path.dirname(os.path.abspath(self.stats_file))
-                fd, tmp = tempfile.mkstemp(dir=d, prefix=".nfstats")
-                with os.fdopen(fd, "w") as f:
-                    json.dump(stats, f)
-                os.replace(tmp, self.stats_file)
-            except OSError as e:
-                log.debug("cannot write stats file: %s", e)
+            write_stats_file(self.stats_file, stats)
         if self.reg is not None and self.reg.registered:
             self._redis(self.reg.write_stats, stats)
+
+
+def write_stats_file(path: str, stats: dict) -> None:
+    """Replace the stats file at once (readers never see half a file)."""
+    try:
+        d = os.path.dirname(os.path.abspath(path))
+        fd, tmp = tempfile.mkstemp(dir=d, prefix=".nfstats")
+        with os.fdopen(fd, "w") as f:
+            json.dump(stats, f)
+        os.replace(tmp, path)
+    except OSError as e:
+        log.debug("cannot write stats file: %s", e)

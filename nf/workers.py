@@ -28,13 +28,13 @@ import multiprocessing as mp
 import os
 import signal
 import socket
-import tempfile
 import threading
 import time
 from collections.abc import Callable
 from multiprocessing.connection import Connection, wait
 from typing import Any
 
+from nf.instance import write_stats_file
 from nf.packetio import join_fanout, open_socket
 
 log = logging.getLogger("nfsteer.nf")
@@ -387,14 +387,7 @@ class Supervisor:
     def _write_stats(self) -> None:
         stats = self.stats()
         if self.stats_file:
-            try:
-                d = os.path.dirname(os.path.abspath(self.stats_file))
-                fd, tmp = tempfile.mkstemp(dir=d, prefix=".nfstats")
-                with os.fdopen(fd, "w") as f:
-                    json.dump(stats, f)
-                os.replace(tmp, self.stats_file)
-            except OSError as e:
-                log.debug("cannot write stats file: %s", e)
+            write_stats_file(self.stats_file, stats)
         if self.reg is not None and self.reg.registered:
             self._redis(self.reg.write_stats, stats)
 
