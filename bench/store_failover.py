@@ -14,9 +14,9 @@ temporary run directory. Three clients write all the time, through the Sentinel 
 * the controller's store client: ``save_pool`` (its Lua script) every 20 ms.
 
 Per kill: wait until the store is whole (primary, two replicas in sync, three Sentinels),
-``kill -9`` the primary, time from the kill to the first NF batch that completes after the
-first one that failed (with and without output commit) and to the controller's first save
-after a failed one; then ``nfsteer store up`` starts the old primary again (it comes back
+then 1-2 s more (a random moment), ``kill -9`` the primary, time from the kill to the first
+NF batch that completes after the first one that failed (with and without output commit)
+and to the controller's first save after a failed one; then ``nfsteer store up`` starts the old primary again (it comes back
 as a replica). At the end every acknowledged entry is looked up on the final primary.
 
     .venv/bin/python bench/store_failover.py [--kills 20] [--json]
@@ -27,6 +27,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -202,8 +203,10 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--down-after-ms", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=1, help="for the random wait before each kill")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
+    rng = random.Random(args.seed)
     if args.kills < 1:
         print("bench/store_failover.py: --kills must be at least 1", file=sys.stderr)
         return 2
@@ -232,7 +235,10 @@ def main() -> int:
             if not wait(lambda: healthy(layout), 60):
                 print(f"kill {k + 1}: the store did not become whole again", file=sys.stderr)
                 break
-            time.sleep(1.0)  # the replicas acknowledge every second: let every lag settle
+            # The replicas acknowledge every second: let every lag settle. Then a random
+            # wait, so that the kill falls anywhere in the Sentinels' once-a-second rhythm
+            # (a failure does not wait for it; "whole again" is seen on that rhythm).
+            time.sleep(1.0 + rng.uniform(0.0, 1.0))
             primary = current_primary(layout)
             i = layout.ports.index(primary[1])
             if not is_primary(layout, i):  # the Sentinels' view lags: ask again

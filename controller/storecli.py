@@ -104,7 +104,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"  {n['name']} :{n['port']} {state}")
         for s in st["sentinels"]:
             state = (
-                f"primary {s['primary']}, {s['sentinels']} sentinels, {s['replicas']} replicas"
+                f"primary {s['primary']}, {s['sentinels']} sentinels, {s['replicas']} replicas, "
+                f"replica INFO every {s['info_period_ms']} ms"
                 if s["up"]
                 else "DOWN"
             )

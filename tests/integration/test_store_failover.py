@@ -3,6 +3,7 @@ failover, and no write an NF was told is replicated (output commit) is ever lost
 
 from __future__ import annotations
 
+import json
 import signal
 import subprocess
 import threading
@@ -16,6 +17,7 @@ from store_support import ReplicatedStore
 from contract.nf_settings import FirewallSettings
 from controller.state import InstanceInfo, InstanceState
 from controller.store import PoolSnapshot, Store
+from controller.storenodes import SENTINEL_INFO_PERIOD_MS
 from nf.firewall import Firewall
 from nf.state import NotReplicated, StoreUnavailable, redis_client, redis_store
 
@@ -90,6 +92,8 @@ def test_cli_up_status_down_and_a_restart_from_the_aof(replicated_store):
     s = replicated_store
     st = s.cli("status", "--json")
     assert st.returncode == 0 and '"replicas_in_sync": 2' in st.stdout
+    periods = [x["info_period_ms"] for x in json.loads(st.stdout)["sentinels"]]
+    assert periods == [SENTINEL_INFO_PERIOD_MS] * 3  # a runtime setting, made by `store up`
     r = redis_client(s.url)
     r.set("nfsteer:kept", "1")
     assert r.wait(1, 1000) >= 1
@@ -100,6 +104,8 @@ def test_cli_up_status_down_and_a_restart_from_the_aof(replicated_store):
     s.up()  # every node again, from its files
     r = redis_client(s.url)
     assert r.get("nfsteer:kept") == b"1"
+    st = json.loads(s.cli("status", "--json").stdout)
+    assert [x["info_period_ms"] for x in st["sentinels"]] == [SENTINEL_INFO_PERIOD_MS] * 3
     # and the controller's scripts run on the restarted store
     store = Store.from_url(s.url)
     assert store.save_pool(snapshot(epoch=1)) is None
