@@ -16,8 +16,9 @@ temporary run directory. Three clients write all the time, through the Sentinel 
 Per kill: wait until the store is whole (primary, two replicas in sync, three Sentinels),
 then 1-2 s more (a random moment), ``kill -9`` the primary, time from the kill to the first
 NF batch that completes after the first one that failed (with and without output commit)
-and to the controller's first save after a failed one; then ``nfsteer store up`` starts the old primary again (it comes back
-as a replica). At the end every acknowledged entry is looked up on the final primary.
+and to the controller's first save after a failed one; then ``nfsteer store up`` starts the
+old primary again (it comes back as a replica). At the end every acknowledged entry is
+looked up on the final primary.
 
     .venv/bin/python bench/store_failover.py [--kills 20] [--json]
 """
