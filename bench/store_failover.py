@@ -48,6 +48,7 @@ from contract.nf_settings import FirewallSettings  # noqa: E402
 from controller.state import InstanceInfo, InstanceState  # noqa: E402
 from controller.store import PoolSnapshot, Store, StoreUnavailable  # noqa: E402
 from controller.storenodes import (  # noqa: E402
+    SENTINEL_INFO_PERIOD_MS,
     StoreLayout,
     current_primary,
     down,
@@ -204,6 +205,12 @@ def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--down-after-ms", type=int, default=1000)
+    ap.add_argument(
+        "--sentinel-info-period-ms",
+        type=int,
+        default=SENTINEL_INFO_PERIOD_MS,
+        help="how often the Sentinels read the replicas' INFO (Redis' default: 10000)",
+    )
     ap.add_argument("--seed", type=int, default=1, help="for the random wait before each kill")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
@@ -220,6 +227,7 @@ def main() -> int:
         ports=[free_port() for _ in range(3)],
         sentinel_ports=[free_port() for _ in range(3)],
         down_after_ms=args.down_after_ms,
+        info_period_ms=args.sentinel_info_period_ms,
     )
     up(layout)
     url = layout.url()
@@ -277,6 +285,7 @@ def main() -> int:
     result = {
         "kills": len(kills),
         "down_after_ms": args.down_after_ms,
+        "sentinel_info_period_ms": args.sentinel_info_period_ms,
         "nf_output_commit": summary([k["nf_sync_s"] for k in kills]),
         "nf_output_commit_all": summary([k["nf_sync_all_s"] for k in kills]),
         "nf_without": summary([k["nf_s"] for k in kills]),
@@ -294,7 +303,10 @@ def main() -> int:
     down(layout)
     shutil.rmtree(tmp, ignore_errors=True)
     print()
-    print(f"{result['kills']} primary kills (down-after-milliseconds {args.down_after_ms}):")
+    print(
+        f"{result['kills']} primary kills (down-after-milliseconds {args.down_after_ms}, "
+        f"Sentinels read replicas every {args.sentinel_info_period_ms} ms):"
+    )
     for name, key in (
         ("NF batches resume (output commit, 1 replica)", "nf_output_commit"),
         ("NF batches resume (output commit, 2 replicas)", "nf_output_commit_all"),

@@ -63,6 +63,7 @@ class StoreLayout:
     service: str = SERVICE
     password: str = ""
     down_after_ms: int = DOWN_AFTER_MS
+    info_period_ms: int = SENTINEL_INFO_PERIOD_MS
     failover_timeout_ms: int = FAILOVER_TIMEOUT_MS
     announce_ip: str = "127.0.0.1"  # the address Sentinel hands out for the primary
     # Sentinel run ids, fixed up front so that each Sentinel's file can list the others
@@ -309,10 +310,10 @@ def start_sentinel(layout: StoreLayout, i: int) -> None:
     )
 
 
-def tune_sentinel(host: str, port: int, password: str) -> None:
+def tune_sentinel(layout: StoreLayout, port: int) -> None:
     """Sentinel timings that are not configuration-file settings (see SENTINEL_INFO_PERIOD_MS)."""
-    period = SENTINEL_INFO_PERIOD_MS
-    if _ask(host, port, password, "SENTINEL", "DEBUG", "INFO-PERIOD", period) is None:
+    ask = ("SENTINEL", "DEBUG", "INFO-PERIOD", layout.info_period_ms)
+    if _ask(layout.announce_ip, port, layout.password, *ask) is None:
         raise StoreError(f"the Sentinel on port {port} refused SENTINEL DEBUG (Redis 7.0 or newer)")
 
 
@@ -363,7 +364,7 @@ def up(layout: StoreLayout, wait_s: float = 30.0) -> list[str]:
                     start_sentinel(layout, i)
                     started.append(f"sentinel-{i}")
     for p in layout.sentinel_ports:  # also the ones that ran already: a runtime setting
-        tune_sentinel(layout.announce_ip, p, layout.password)
+        tune_sentinel(layout, p)
     _wait(lambda: healthy(layout), wait_s, "the primary, two replicas and three Sentinels")
     return started
 
