@@ -233,10 +233,12 @@ def run(args: argparse.Namespace) -> int:
         "store_sync": list(sync_args) if sync_args else None,
         "pid": os.getpid(),
     }
+    commit = f"{sync_args[0]} replica(s) within {sync_args[1]} ms" if sync_args else "off"
     log.info(
-        "%s instance %s in pool %s on %s (state: %s, batch %d, %d worker(s), rx %s, fail %s)",
+        "%s instance %s in pool %s on %s (state: %s, batch %d, %d worker(s), rx %s, fail %s, "
+        "output commit %s)",
         args.kind, name, args.pool, args.interface, args.state, args.batch, workers, args.rx,
-        "open" if describe["fail_open"] else "closed",
+        "open" if describe["fail_open"] else "closed", commit,
     )  # fmt: skip
     reg = None
     if client is not None:

@@ -68,6 +68,19 @@ def emulation(topology: str, workdir: Path, controllers: int = 1) -> Iterator[ob
         yield emu
 
 
+def topology_with(topology: str, workdir: Path, **nf: object) -> str:
+    """A copy of a topology file in ``workdir`` whose every pool has ``nf`` added to its
+    NF settings (e.g. output commit); returns its path, for ``emulation``."""
+    import yaml
+
+    data = yaml.safe_load((TOPOLOGIES / topology).read_text())
+    for pool in data["pools"].values():
+        pool.setdefault("nf", {}).update(nf)
+    path = workdir / Path(topology).name
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return str(path)
+
+
 def _bridge_exists(name: str) -> bool:
     return subprocess.run(["ovs-vsctl", "--timeout=5", "br-exists", name]).returncode == 0
 

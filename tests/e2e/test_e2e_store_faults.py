@@ -27,7 +27,7 @@ def test_firewall_connections_survive_every_store_fault(emu):
     conns, detail = result["conns"], describe(result)
     assert len(conns) == 12, detail
     assert [c for c in conns if c["state"] == "broken"] == [], detail + logs(emu)
-    # Sentinel's failover with down-after-milliseconds 1000 takes 2-3.5 s from the kill to
+    # Sentinel's failover with down-after-milliseconds 1000 takes 1.3-2.3 s from the kill to
     # the new primary's announcement; held packets go out right after it.
     assert max(gap_at(c, result["faults"][f]) for c in conns for f in result["faults"]) < 5.0, (
         detail
