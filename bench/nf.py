@@ -1097,7 +1097,7 @@ def main() -> int:
     )
     ap.add_argument("--paced-duration", type=float, default=0.5, metavar="S",
                     help=f"seconds of paced traffic for latency at {LOW_RATE_PPS} pps and "
-                    f"at {HIGH_LOAD:.0%} of capacity")  # fmt: skip
+                    f"at {HIGH_LOAD * 100:.0f} %% of capacity")  # fmt: skip
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()
