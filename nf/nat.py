@@ -38,7 +38,7 @@ from socket import inet_aton
 
 from contract.nf_settings import NATSettings
 from nf.base import NetworkFunction, Prefixes, ms
-from nf.packet import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_NAMES, Packet, rewrite
+from nf.packet import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_NAMES, Packet, translate
 from nf.state import Result, Script, refresh_ms
 
 EXHAUSTED, NO_MAPPING, EXPIRED, WRONG_REMOTE = "-10", "-11", "-12", "-13"
@@ -240,6 +240,6 @@ class NAT(NetworkFunction):
         if result[0] == "-":
             return self.errors.get(result, "nat_error")
         if pkt.dst != self.public:
-            return rewrite(frame, pkt, src=self.public, sport=int(result))
+            return translate(frame, pkt, self.public, int(result), False)
         ip, _, port = result.rpartition(":")
-        return rewrite(frame, pkt, dst=int.from_bytes(inet_aton(ip), "big"), dport=int(port))
+        return translate(frame, pkt, int.from_bytes(inet_aton(ip), "big"), int(port), True)
