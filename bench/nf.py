@@ -730,9 +730,14 @@ class Bench:
         }
         doc = {"name": "bench", "switches": {"s1": {"dpid": 1}}, "pools": pools}
         topo.write_text(yaml.safe_dump(doc))
+        # The other checkout gets a file with its own pool only: its strict config may not
+        # know the settings of this checkout's other lanes (e.g. store_sync).
+        own = self.tmp / f"{kind}-before.yaml"
+        before = pool_name(kind, "before")
+        own.write_text(yaml.safe_dump({**doc, "pools": {before: pools.get(before, {})}}))
         self.lanes = [Lane(self, kind, m, s, b, x, i) for i, (m, s, b, x) in enumerate(modes)]
         for lane in self.lanes:
-            lane.open(topo)
+            lane.open(own if lane.mode == "before" else topo)
         deadline = time.monotonic() + 20
         for lane in self.lanes:
             lane.wait_started(deadline)
