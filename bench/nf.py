@@ -15,7 +15,9 @@ Method:
   anyway and report how busy it was.
 * Pinning (with two or more CPUs): generator and redis-server on one CPU, the NFs on
   another, so the NF never competes with the traffic it is measured with (w2 is free to
-  use both).
+  use both). redis-server runs at real-time priority (SCHED_FIFO 1) on its CPU, so the
+  generator's busy loop never holds up a reply: the store answers as if it had a host of
+  its own.
 * Traffic is a closed loop: a window of 1,024 frames in flight, sent with sendmmsg and
   counted back in a TPACKET_V3 ring (FastGenerator), so the generator outruns the NF. The
   modes take turns in slices of --slice seconds until each has had --duration seconds (one
@@ -243,11 +245,22 @@ def us_per(packets: int, cpu_s: float) -> float | None:
     return 1e6 * cpu_s / packets if packets else None
 
 
-def pin(cpu: int | None):
-    """preexec_fn for a child pinned to one CPU (None: no pinning)."""
+def pin(cpu: int | None, store: bool = False):
+    """preexec_fn for a child pinned to one CPU (None: no pinning). ``store``: the child
+    is a redis-server, which shares its CPU with the traffic generator; it gets a
+    real-time priority (SCHED_FIFO 1) so the generator's busy loop never delays its
+    replies (in a deployment the store has a host of its own; without this, a woken
+    redis-server waits up to a scheduler slice behind the generator, the NF waits on it
+    and its queue grows at loads its own CPU could carry)."""
     if cpu is None:
         return None
-    return lambda: os.sched_setaffinity(0, {cpu})
+
+    def setup() -> None:
+        os.sched_setaffinity(0, {cpu})
+        if store:
+            os.sched_setscheduler(0, os.SCHED_FIFO, os.sched_param(1))
+
+    return setup
 
 
 # -- traffic generation ----------------------------------------------------------------------
@@ -643,7 +656,7 @@ class Bench:
         self.redis = subprocess.Popen(
             ["redis-server", "--port", str(self.port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.tmp)],
-            stdout=subprocess.DEVNULL, preexec_fn=pin(self.gen_cpu),
+            stdout=subprocess.DEVNULL, preexec_fn=pin(self.gen_cpu, store=True),
         )  # fmt: skip
         deadline = time.monotonic() + 5
         while subprocess.run(
@@ -663,7 +676,7 @@ class Bench:
             ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "",
              "--appendonly", "no", "--dir", str(self.tmp), "--dbfilename", "replica.rdb",
              "--replicaof", "127.0.0.1", str(self.port)],
-            stdout=subprocess.DEVNULL, preexec_fn=pin(self.gen_cpu),
+            stdout=subprocess.DEVNULL, preexec_fn=pin(self.gen_cpu, store=True),
         )  # fmt: skip
         deadline = time.monotonic() + 10
         while (
@@ -717,9 +730,14 @@ class Bench:
         }
         doc = {"name": "bench", "switches": {"s1": {"dpid": 1}}, "pools": pools}
         topo.write_text(yaml.safe_dump(doc))
+        # The other checkout gets a file with its own pool only: its strict config may not
+        # know the settings of this checkout's other lanes (e.g. store_sync).
+        own = self.tmp / f"{kind}-before.yaml"
+        before = pool_name(kind, "before")
+        own.write_text(yaml.safe_dump({**doc, "pools": {before: pools.get(before, {})}}))
         self.lanes = [Lane(self, kind, m, s, b, x, i) for i, (m, s, b, x) in enumerate(modes)]
         for lane in self.lanes:
-            lane.open(topo)
+            lane.open(own if lane.mode == "before" else topo)
         deadline = time.monotonic() + 20
         for lane in self.lanes:
             lane.wait_started(deadline)
@@ -1087,7 +1105,8 @@ def main() -> int:
         "--modes",
         default="local,unbatched,batched",
         help="comma-separated: local, unbatched, batched, socket (recvfrom per "
-        "frame), inflight2 (two batches in flight), w2 (two workers, unpinned)",
+        "frame), blocks (TPACKET_V3 ring), inflight2 (two batches in flight), w2 (two "
+        "workers, unpinned), store_sync (output commit), before (needs --compare-with)",
     )
     ap.add_argument(
         "--compare-with",
@@ -1097,7 +1116,7 @@ def main() -> int:
     )
     ap.add_argument("--paced-duration", type=float, default=0.5, metavar="S",
                     help=f"seconds of paced traffic for latency at {LOW_RATE_PPS} pps and "
-                    f"at {HIGH_LOAD:.0%} of capacity")  # fmt: skip
+                    f"at {HIGH_LOAD * 100:.0f} %% of capacity")  # fmt: skip
     ap.add_argument("--no-pin", action="store_true", help="do not pin processes to CPUs")
     ap.add_argument("--json", action="store_true")
     args = ap.parse_args()

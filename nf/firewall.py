@@ -24,7 +24,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from contract.nf_settings import FirewallSettings
-from nf.base import NetworkFunction, Prefixes, ms
+from nf.base import Memo, NetworkFunction, Prefixes, ms
 from nf.packet import ACK, FIN, ICMP, ICMP_ECHO_REQUEST, RST, SYN, TCP, UDP, Packet
 from nf.state import Result, Script, local_get, local_set, refresh_ms
 
@@ -204,22 +204,29 @@ class Firewall(NetworkFunction):
         }
         ttls = [ms(ttl[st]) for st in range(1, ICMP_OPEN + 1)]
         self._cfg = (*ttls, *(refresh_ms(t) for t in ttls))
+        # (proto, src, dst, dport) -> may open: every ACK asks (pickup), so the rules are
+        # evaluated once per such key rather than once per packet.
+        self._may_open = Memo(self._decide)
 
     def cfg(self) -> tuple[Any, ...]:
         return self._cfg
 
     def may_open(self, pkt: Packet) -> bool:
         """May this packet open a new connection (inside check, then rules, then default)?"""
-        if self.inside and pkt.src not in self.inside:
+        return self._may_open[(pkt.proto, pkt.src, pkt.dst, pkt.dport)]
+
+    def _decide(self, key: tuple[int, int, int, int]) -> bool:
+        pkt_proto, pkt_src, pkt_dst, pkt_dport = key
+        if self.inside and pkt_src not in self.inside:
             return False
         for allow, proto, src, dst, ports in self.rules:
-            if proto and proto != pkt.proto:
+            if proto and proto != pkt_proto:
                 continue
-            if src is not None and pkt.src not in src:
+            if src is not None and pkt_src not in src:
                 continue
-            if dst is not None and pkt.dst not in dst:
+            if dst is not None and pkt_dst not in dst:
                 continue
-            if ports is not None and pkt.dport not in ports:
+            if ports is not None and pkt_dport not in ports:
                 continue
             return allow
         return self.default_allow
@@ -253,7 +260,9 @@ class Firewall(NetworkFunction):
         # Openers may open a connection, and (pickup) a bare ACK from the inside may
         # re-create one the store lost, when the rules would let it open.
         may_open = 0
-        if (ev in OPENERS or (ev == EV_ACK and self.pickup)) and self.may_open(pkt):
+        if (ev in OPENERS or (ev == EV_ACK and self.pickup)) and self._may_open[
+            (proto, pkt.src, pkt.dst, pkt.dport)
+        ]:
             may_open = 1
         return (f"{self.prefix}{{{conn}}}",), _ARG[side * 32 + ev * 2 + may_open]
 

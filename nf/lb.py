@@ -32,7 +32,7 @@ from socket import inet_aton
 
 from contract.nf_settings import LBSettings
 from nf.base import NetworkFunction, ms
-from nf.packet import ICMP, TCP, UDP, Packet, rewrite
+from nf.packet import ICMP, TCP, UDP, Packet, translate
 from nf.state import Result, Script, local_expire, local_get, local_set, refresh_ms
 
 NO_CONNECTION, NO_REVERSE = "-21", "-22"
@@ -212,5 +212,5 @@ class LoadBalancer(NetworkFunction):
             ip, _, port = result.rpartition(":")
             addr = (_ip(ip), int(port))
         if (pkt.proto, pkt.dst, pkt.dport) in self.vips:
-            return rewrite(frame, pkt, dst=addr[0], dport=addr[1])
-        return rewrite(frame, pkt, src=addr[0], sport=addr[1])
+            return translate(frame, pkt, addr[0], addr[1], True)
+        return translate(frame, pkt, addr[0], addr[1], False)

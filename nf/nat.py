@@ -37,8 +37,8 @@ from collections.abc import Sequence
 from socket import inet_aton
 
 from contract.nf_settings import NATSettings
-from nf.base import NetworkFunction, Prefixes, ms
-from nf.packet import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_NAMES, Packet, rewrite
+from nf.base import Memo, NetworkFunction, Prefixes, ms
+from nf.packet import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_NAMES, Packet, translate
 from nf.state import Result, Script, refresh_ms
 
 EXHAUSTED, NO_MAPPING, EXPIRED, WRONG_REMOTE = "-10", "-11", "-12", "-13"
@@ -185,6 +185,7 @@ class NAT(NetworkFunction):
         self.public_ip = settings.public_ip
         self.public = int.from_bytes(inet_aton(settings.public_ip), "big")
         self.inside = Prefixes(settings.inside)
+        self._inside = Memo(self.inside.__contains__)  # address -> inside: a dict lookup
         lo, hi = settings.port_min, settings.port_max
         self.port_min, self.port_max = lo, hi
         self.shards = (hi - lo) // SHARD_PORTS + 1
@@ -223,7 +224,8 @@ class NAT(NetworkFunction):
                 return "nat_no_mapping"
             keys, _, prefix, _, _ = self._ops[proto][(port - self.port_min) // SHARD_PORTS]
             return keys, f"{prefix}{port} {remote}"
-        if pkt.src in self.inside and pkt.dst not in self.inside:
+        inside = self._inside
+        if inside[pkt.src] and not inside[pkt.dst]:
             if proto == ICMP:
                 if pkt.icmp_type != ICMP_ECHO_REQUEST:
                     return "nat_icmp_unsupported"
@@ -240,6 +242,6 @@ class NAT(NetworkFunction):
         if result[0] == "-":
             return self.errors.get(result, "nat_error")
         if pkt.dst != self.public:
-            return rewrite(frame, pkt, src=self.public, sport=int(result))
+            return translate(frame, pkt, self.public, int(result), False)
         ip, _, port = result.rpartition(":")
-        return rewrite(frame, pkt, dst=int.from_bytes(inet_aton(ip), "big"), dport=int(port))
+        return translate(frame, pkt, int.from_bytes(inet_aton(ip), "big"), int(port), True)

@@ -143,7 +143,6 @@ class PacketIO:
         )  # fmt: skip
         s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         self._ring = mmap.mmap(s.fileno(), block_size * blocks)
-        self._view = memoryview(self._ring)
         self._block_size = block_size
         self._blocks = blocks
         self._block = 0  # the block being read
@@ -157,13 +156,12 @@ class PacketIO:
         req = struct.pack("4I", block, size // block, frame_size, size // frame_size)
         s.setsockopt(SOL_PACKET, PACKET_RX_RING, req)
         self._ring = mmap.mmap(s.fileno(), size)
-        self._view = memoryview(self._ring)
         self._frame_size = frame_size
         self._frames = size // frame_size
         self._slot = 0
 
     def _receive_frames(self, batch: int, out: list[bytes]) -> int:
-        ring, view = self._ring, self._view
+        ring = self._ring
         fsize, frames = self._frame_size, self._frames
         slot = self._slot
         frame, release = _FRAME2.unpack_from, _U32.pack_into
@@ -176,7 +174,7 @@ class PacketIO:
             n += 1
             if ring[off + _PKTTYPE2] == PACKET_OTHERHOST:
                 start = off + mac
-                out.append(bytes(view[start : start + snap]))
+                out.append(ring[start : start + snap])  # bytes at once: no memoryview slice
             release(ring, off, 0)
             slot = (slot + 1) % frames
         self._slot = slot
@@ -201,7 +199,7 @@ class PacketIO:
         return n
 
     def _receive_blocks(self, batch: int, out: list[bytes]) -> int:
-        ring, view = self._ring, self._view
+        ring = self._ring
         size, blocks = self._block_size, self._blocks
         blk, off, left = self._block, self._off, self._left
         frame, block = _FRAME.unpack_from, _BLOCK.unpack_from
@@ -222,7 +220,7 @@ class PacketIO:
             n += 1
             if ring[off + _PKTTYPE] == PACKET_OTHERHOST:
                 start = off + mac
-                out.append(bytes(view[start : start + snap]))
+                out.append(ring[start : start + snap])
             left -= 1
             off += nxt
             if left == 0:  # give the block back to the kernel
@@ -241,7 +239,6 @@ class PacketIO:
 
     def close(self) -> None:
         if self._ring is not None:
-            self._view.release()
             with contextlib.suppress(BufferError):
                 self._ring.close()
             self._ring = None

@@ -341,21 +341,23 @@ class PacketLoop:
     def _send(self, frames: list[bytes]) -> None:
         c = self.p.counters
         send = self.io.send
+        failed = 0  # counted once per batch: the per-frame loop is the hot path
         for f in frames:
             try:
                 send(f)
-                c.sent += 1
             except BlockingIOError:
                 if self._wait_writable():
                     try:
                         send(f)
-                        c.sent += 1
                         continue
                     except OSError:
                         pass
-                c.dropped["send_failed"] += 1
+                failed += 1
             except OSError:
-                c.dropped["send_failed"] += 1
+                failed += 1
+        c.sent += len(frames) - failed
+        if failed:
+            c.dropped["send_failed"] += failed
 
     def _wait_writable(self) -> bool:
         try:

@@ -1,5 +1,5 @@
-"""The common-case parse agrees with the full parse on every frame; --workers values;
-counters summed over workers."""
+"""The common-case parse agrees with the full parse on every frame; memoized decisions
+agree with the rules and stay bounded; --workers values; counters summed over workers."""
 
 from __future__ import annotations
 
@@ -9,7 +9,10 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from nf_support import tcp, udp
 
+from contract.nf_settings import FirewallSettings
+from nf.base import Memo
 from nf.cli import parse_workers
+from nf.firewall import Firewall
 from nf.packet import Packet, parse, parse_full
 from nf.workers import sum_counters
 
@@ -74,3 +77,37 @@ def test_counters_sum_over_workers():
     assert out["processed"] == 15 and out["dropped"] == {"x": 3, "y": 1}
     assert out["batch_max"] == 9 and out["batch_mean"] == 3.0
     assert out["store_available"] is False
+
+
+def test_memo_computes_once_and_stays_bounded():
+    calls = []
+    memo = Memo(lambda k: calls.append(k) or k * 2, limit=4)
+    assert [memo[1], memo[1], memo[2]] == [2, 2, 4] and calls == [1, 2]
+    for k in range(10):
+        assert memo[k] == 2 * k
+        assert len(memo) <= 4
+
+
+def test_firewall_memoized_decision_follows_the_rules():
+    fw = Firewall(
+        "p",
+        FirewallSettings.model_validate(
+            {
+                "inside": ["10.0.0.0/25"],
+                "rules": [
+                    {"action": "deny", "proto": "tcp", "dst": "10.0.0.129/32", "dst_ports": [22]},
+                    {"action": "allow", "proto": "tcp"},
+                ],
+                "default": "deny",
+            }
+        ),
+    )
+    cases = [
+        (tcp("10.0.0.1", "10.0.0.129", 1000, 80, "S"), True),
+        (tcp("10.0.0.1", "10.0.0.129", 1001, 22, "S"), False),
+        (tcp("10.0.0.200", "10.0.0.129", 1000, 80, "S"), False),  # not inside
+        (udp("10.0.0.1", "10.0.0.129", 1000, 53), False),  # default deny
+    ]
+    for _ in range(2):  # computed, then from the memo
+        for frame, allowed in cases:
+            assert fw.may_open(parse(frame)) is allowed

@@ -13,7 +13,7 @@ from scapy.layers.inet6 import IPv6
 from scapy.layers.l2 import ARP, Dot1Q, Ether
 from scapy.packet import raw
 
-from nf.packet import NOT_STEERED, Packet, ip_to_int, parse, rewrite
+from nf.packet import NOT_STEERED, Packet, ip_to_int, parse, rewrite, translate
 
 E = Ether(src="02:00:00:00:00:01", dst="02:00:00:00:00:81")
 
@@ -93,6 +93,40 @@ def test_rewrite_keeps_checksums_valid(proto, src, dst, sport, dport, payload):
     assert isinstance(q, Packet) and (q.src, q.dst) == (src, dst)
     if proto == "udp0":
         assert out[40:42] == b"\x00\x00"
+
+
+@given(
+    proto=st.sampled_from(["tcp", "udp", "udp0", "icmp"]),
+    addr=st.one_of(st.just(None), st.integers(0, 2**32 - 1)),  # None: unchanged
+    port=st.one_of(st.just(None), st.integers(0, 65535)),
+    ip_csum=st.one_of(st.just(None), st.sampled_from([0, 0xFFFF]), st.integers(0, 0xFFFF)),
+    l4_csum=st.one_of(st.just(None), st.sampled_from([0, 0xFFFF]), st.integers(0, 0xFFFF)),
+    dst=st.booleans(),
+)
+@settings(max_examples=400, deadline=None)
+def test_translate_equals_rewrite(proto, addr, port, ip_csum, l4_csum, dst):
+    """The hand-written one-endpoint rewrite gives rewrite's bytes, checksums included
+    (also for checksums that are already wrong, 0 or 0xFFFF, and for unchanged fields)."""
+    if proto == "tcp":
+        frame = tcp("10.1.2.3", "10.4.5.6", 1000, 2000, "PA", b"data")
+    elif proto.startswith("udp"):
+        frame = raw(E / IP(src="10.1.2.3", dst="10.4.5.6") / UDP(sport=1, dport=2) / b"x")
+        if proto == "udp0":
+            frame = frame[:40] + b"\x00\x00" + frame[42:]
+    else:
+        frame = echo("10.1.2.3", "10.4.5.6", 1000)
+    coff = {"tcp": 50, "udp": 40, "udp0": 40, "icmp": 36}[proto]
+    if ip_csum is not None:  # the parser checks the IP checksum: keep it valid then
+        frame = frame[:24] + ip_csum.to_bytes(2, "big") + frame[26:]
+    if l4_csum is not None and proto != "udp0":
+        frame = frame[:coff] + l4_csum.to_bytes(2, "big") + frame[coff + 2 :]
+    p = parse(frame)
+    if not isinstance(p, Packet):
+        return  # a corrupted IP checksum: never reaches a rewrite
+    a = (p.dst if dst else p.src) if addr is None else addr
+    o = (p.dport if dst else p.sport) if port is None else port
+    want = rewrite(frame, p, dst=a, dport=o) if dst else rewrite(frame, p, src=a, sport=o)
+    assert translate(frame, p, a, o, dst) == want
 
 
 VALID = [
