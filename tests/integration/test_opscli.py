@@ -7,7 +7,15 @@ import subprocess
 
 import pytest
 from conftest import REPO, free_port
-from membership_support import POOL, STATIC_POOL, api_url, controller, owners, write_topology
+from membership_support import (
+    POOL,
+    STATIC_POOL,
+    api_url,
+    controller,
+    owners,
+    wait_until,
+    write_topology,
+)
 
 from controller.cli import main
 
@@ -18,6 +26,8 @@ TOKEN = "cli-token"
 def running(tmp_path, redis_server):
     topo = write_topology(tmp_path / "topo.yaml", dpid=0xA5)
     with controller(topo, redis_server.url, api_token=TOKEN) as app:
+        # Leading before the test starts: its log line would land in a command's stderr.
+        wait_until(app.leading)
         yield app, api_url(app)
 
 

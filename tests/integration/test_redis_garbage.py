@@ -205,6 +205,8 @@ def test_non_utf8_publish_is_counted_and_ignored(redis_server, raw, topo, caplog
         membership = membership_of(app)
         wait_until(lambda: membership._pubsub is not None)
         pubsub = membership._pubsub
+        # Subscribed at the server, not only created: a message published before is lost.
+        wait_until(lambda: raw.pubsub_numpat() >= 1)
         for data in (b"register \xff\xfe", b"\xff", b"register fw1\n", b"bogus fw1"):
             raw.publish(keys.events(POOL), data)
         store = services_of(app).store
