@@ -105,7 +105,7 @@ def run(args: argparse.Namespace) -> int:
         for s in st["sentinels"]:
             state = (
                 f"primary {s['primary']}, {s['sentinels']} sentinels, {s['replicas']} replicas, "
-                f"replica INFO every {s['info_period_ms']} ms"
+                f"replica INFO every {s['info_period_ms']} ms, ping every {s['ping_period_ms']} ms"
                 if s["up"]
                 else "DOWN"
             )

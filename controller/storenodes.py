@@ -44,8 +44,14 @@ MIN_REPLICAS_MAX_LAG_S = 3  # a replica acknowledges every second
 # at 1 s falls when the primary is declared down, which puts the confirmation a full
 # second after it; at 1 s here the reads keep their own phase, and the confirmation
 # comes 0.5 s after the promotion on average (bench/store_failover.py: 2.2 -> 1.9 s median).
-# A runtime setting (SENTINEL DEBUG), not kept in sentinel.conf: set after every start.
 SENTINEL_INFO_PERIOD_MS = 1000
+# How often a Sentinel pings (Redis: 1 s, or down-after if shorter). A Sentinel that has
+# just switched to a new primary pings it first one period later; with down-after equal to
+# that period (1 s, tests and the demo) the new primary is often called down before its
+# first reply is read, and since the other Sentinels' "down" answers about the old primary
+# still count, a second failover follows at once (2 of 12 kills here). Half of down-after
+# (at most 500 ms) leaves room for the reply: 0 of 12.
+SENTINEL_MAX_PING_PERIOD_MS = 500
 DEFAULT_PORTS = (6380, 6381, 6382)
 DEFAULT_SENTINEL_PORTS = (26380, 26381, 26382)
 
@@ -311,8 +317,10 @@ def start_sentinel(layout: StoreLayout, i: int) -> None:
 
 
 def tune_sentinel(layout: StoreLayout, port: int) -> None:
-    """Sentinel timings that are not configuration-file settings (see SENTINEL_INFO_PERIOD_MS)."""
-    ask = ("SENTINEL", "DEBUG", "INFO-PERIOD", layout.info_period_ms)
+    """Sentinel timings that are not configuration-file settings but runtime ones (SENTINEL
+    DEBUG; not kept in sentinel.conf, so set after every start): see the constants above."""
+    ping_ms = min(SENTINEL_MAX_PING_PERIOD_MS, max(layout.down_after_ms // 2, 100))
+    ask = ("SENTINEL", "DEBUG", "INFO-PERIOD", layout.info_period_ms, "PING-PERIOD", ping_ms)
     if _ask(layout.announce_ip, port, layout.password, *ask) is None:
         raise StoreError(f"the Sentinel on port {port} refused SENTINEL DEBUG (Redis 7.0 or newer)")
 
@@ -411,6 +419,7 @@ def status(layout: StoreLayout) -> dict[str, Any]:
             s["flags"] = d.get("flags")
             timings = _ask(layout.announce_ip, port, layout.password, "SENTINEL", "DEBUG") or {}
             s["info_period_ms"] = int(timings.get("INFO-PERIOD", 0)) or None
+            s["ping_period_ms"] = int(timings.get("PING-PERIOD", 0)) or None
         sentinels.append(s)
     return {
         "run_dir": layout.run_dir,

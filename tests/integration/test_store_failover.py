@@ -92,8 +92,10 @@ def test_cli_up_status_down_and_a_restart_from_the_aof(replicated_store):
     s = replicated_store
     st = s.cli("status", "--json")
     assert st.returncode == 0 and '"replicas_in_sync": 2' in st.stdout
-    periods = [x["info_period_ms"] for x in json.loads(st.stdout)["sentinels"]]
-    assert periods == [SENTINEL_INFO_PERIOD_MS] * 3  # a runtime setting, made by `store up`
+    periods = [
+        (x["info_period_ms"], x["ping_period_ms"]) for x in json.loads(st.stdout)["sentinels"]
+    ]
+    assert periods == [(SENTINEL_INFO_PERIOD_MS, 500)] * 3  # runtime settings, made by `store up`
     r = redis_client(s.url)
     r.set("nfsteer:kept", "1")
     assert r.wait(1, 1000) >= 1
