@@ -211,6 +211,6 @@ class LoadBalancer(NetworkFunction):
         if addr is None:  # stored by an instance with another backend set
             ip, _, port = result.rpartition(":")
             addr = (_ip(ip), int(port))
-        if (pkt.proto, pkt.dst, pkt.dport) in self.vips:
-            return translate(frame, pkt, addr[0], addr[1], True)
-        return translate(frame, pkt, addr[0], addr[1], False)
+        # Toward a VIP: the destination becomes the backend; back from one: the source the VIP.
+        to_vip = (pkt.proto, pkt.dst, pkt.dport) in self.vips
+        return translate(frame, pkt, addr[0], addr[1], to_vip)
