@@ -4,10 +4,10 @@ For each NF (firewall, nat, lb) real `nfsteer nf` processes run side by side, on
 *mode*: by default local (in-process dict), unbatched (Redis, one packet per round trip)
 and batched (Redis, up to 64 packets per round trip); --modes adds batched Redis state with
 one thing changed: socket (--rx socket), blocks (--rx blocks), inflight2 (--in-flight 2),
-w2 (--workers 2, not pinned), store_sync (output commit: ``WAIT 1 100`` after every
-batch, against a replica of the bench's redis-server), before (the NF of another checkout,
---compare-with). Each sits
-on its own veth pair; this process generates traffic on the far ends.
+w2core (--workers 2, both on the NFs' CPU), w2 (--workers 2, not pinned), store_sync
+(output commit: ``WAIT 1 100`` after every batch, against a replica of the bench's
+redis-server), before (the NF of another checkout, --compare-with). Each sits on its own
+veth pair; this process generates traffic on the far ends.
 
 Method:
 * The machine should be quiet first: no pytest or other nfsteer process and under 15 % CPU
@@ -33,8 +33,9 @@ Method:
   - redis-server CPU per packet (a separate server in a real deployment);
   - batch mean = store operations / batches.
   Then latency: frames one at a time, send -> processed frame back; and open-loop Poisson
-  traffic (PacedGenerator) at 1,000 pps and at 80 % of what the mode carried in a closed
-  loop just before, with the NF's CPU share meanwhile.
+  traffic (PacedGenerator) at 1,000 pps and at 80 % of the mode's capacity per core
+  measured in a closed loop just before (of what it carried, for the unpinned w2), with
+  the NF's CPU share meanwhile.
 * Figures are medians over --rounds rounds with the min-max; ratios to local state (and to
   "before") are taken per round (paired in time), then their median and range.
 * CPU outside the bench's own processes (other tasks, interrupts) and hypervisor steal are
@@ -99,12 +100,15 @@ SETTINGS = {
 }
 # (mode, state store, max batch): local and batched Redis read the same batches.
 MODES = [("local", "local", 64), ("unbatched", "redis", 1), ("batched", "redis", 64)]
-# Further modes (--modes): batched Redis state with one thing changed. "w2" runs two worker
-# processes and is not pinned (both CPUs, shared with the generator and redis-server).
+# Further modes (--modes): batched Redis state with one thing changed. "w2core" runs two
+# worker processes on the NFs' CPU (what splitting an instance costs per packet, with the
+# CPU held constant); "w2" runs them unpinned (both CPUs, shared with the generator and
+# redis-server: the total an instance reaches here).
 EXTRA_MODES = {
     "socket": ("redis", 64, ["--rx", "socket"]),  # recvfrom per frame, no receive ring
     "blocks": ("redis", 64, ["--rx", "blocks"]),  # TPACKET_V3 ring: frames in blocks
     "inflight2": ("redis", 64, ["--in-flight", "2"]),  # two store batches in flight
+    "w2core": ("redis", 64, ["--workers", "2"]),
     "w2": ("redis", 64, ["--workers", "2"]),
     # output commit: WAIT for one replica after every batch (a replica of the bench's
     # redis-server is started for it)
@@ -182,6 +186,12 @@ def proc_cpu_s(pid: int) -> float:
     with open(f"/proc/{pid}/stat") as f:
         fields = f.read().rsplit(")", 1)[1].split()
     return (int(fields[11]) + int(fields[12])) / CLK_TCK  # utime, stime (fields 14, 15)
+
+
+def own_cpu_s() -> float:
+    """CPU seconds of this process (the traffic generator)."""
+    t = os.times()
+    return t.user + t.system
 
 
 def machine_cpu() -> tuple[float, float, float]:
@@ -346,6 +356,7 @@ class FastGenerator(BatchSender):
         n, i = self.n, lane.cursor
         received = inflight = 0
         nf0, redis0 = tree_cpu_s(lane.proc.pid), proc_cpu_s(lane.bench.redis.pid)
+        gen0 = own_cpu_s()
         t0 = last_rx = time.perf_counter()
         t_end = t0 + duration
         while True:
@@ -379,6 +390,7 @@ class FastGenerator(BatchSender):
             "elapsed": elapsed,
             "nf_cpu": tree_cpu_s(lane.proc.pid) - nf0,
             "redis_cpu": proc_cpu_s(lane.bench.redis.pid) - redis0,
+            "gen_cpu": own_cpu_s() - gen0,
         }
 
     def close(self) -> None:
@@ -766,8 +778,11 @@ class Bench:
         a = self.args
         lanes = self.lanes
         slices = max(1, round(a.duration / a.slice))
-        acc = {lane.mode: {"received": 0, "elapsed": 0.0, "nf_cpu": 0.0, "redis_cpu": 0.0}
-               for lane in lanes}  # fmt: skip
+        acc = {
+            lane.mode: {"received": 0, "elapsed": 0.0, "nf_cpu": 0.0, "redis_cpu": 0.0,
+                        "gen_cpu": 0.0}
+            for lane in lanes
+        }  # fmt: skip
         before = self.snapshot()
         for k in range(slices):
             j = (first + k) % len(lanes)
@@ -794,6 +809,8 @@ class Bench:
                     "dropped": cb["dropped_total"] - ca["dropped_total"],
                     "nf_cpu_s": nf_cpu,
                     "nf_cpu_pct": 100 * nf_cpu / m["elapsed"],
+                    # the generator's CPU: the generator and redis-server together
+                    "gen_cpu_pct": 100 * (m["gen_cpu"] + redis_cpu) / m["elapsed"],
                     "nf_us_per_pkt": us_per(packets, nf_cpu),
                     "capacity_pps": packets / nf_cpu if nf_cpu else None,
                     "redis_us_per_pkt": us_per(packets, redis_cpu),
@@ -842,16 +859,20 @@ class Bench:
         return out
 
     def paced_latency(self, kind: str, data: dict, say) -> dict:
-        """p50/p99 latency with open-loop traffic at LOW_RATE_PPS and at HIGH_LOAD of what
-        the lane carries in a closed loop just before."""
+        """p50/p99 latency with open-loop traffic at LOW_RATE_PPS and at HIGH_LOAD of the
+        lane's capacity, measured in a closed loop just before: its capacity per core
+        (packets / NF CPU seconds) for a lane on one CPU, what it carried for the unpinned
+        one (two CPUs, shared with the generator)."""
         out = {}
         d = self.args.paced_duration
         for size, frames in data.items():
             for lane in self.lanes:
-                # What the lane carries right now (closed loop): on a shared machine the
-                # NF's share of its CPU changes from minute to minute.
+                # Measured right now: on a shared machine the NF's speed changes from
+                # minute to minute.
                 now = lane.slice(frames, 0.3)
                 cap = now["received"] / now["elapsed"]
+                if lane.mode not in UNPINNED_MODES and now["nf_cpu"] > 0:
+                    cap = now["received"] / now["nf_cpu"]
                 figures = {}
                 for label, rate in (("low", LOW_RATE_PPS), ("loaded", HIGH_LOAD * cap)):
                     lane.drain()
@@ -928,6 +949,7 @@ def summarise(kind: str, size: int, mode: str, runs: dict) -> dict:
         "capacity_x_before": med_range(x_before),
         "nf_us_per_pkt": med_range([r["nf_us_per_pkt"] for r in mine]),
         "nf_cpu_pct": med_range([r["nf_cpu_pct"] for r in mine], 0),
+        "gen_cpu_pct": med_range([r["gen_cpu_pct"] for r in mine], 0),
         "redis_us_per_pkt": med_range([r["redis_us_per_pkt"] for r in mine]),
         "total_us_per_pkt": med_range([r["total_us_per_pkt"] for r in mine]),
         "total_x_local": med_range(with_redis),
@@ -988,22 +1010,35 @@ def paced_table(results: list[dict]) -> list[str]:
 
 
 def workers_table(results: list[dict]) -> list[str]:
-    """Workers 1 (the batched lane, one CPU) and 2 (w2, both CPUs) side by side."""
+    """One worker (the batched lane) beside two: both on the NFs' CPU (w2core) and free to
+    use both CPUs (w2), with the generator CPU's load (generator + redis-server) in w2."""
     by = {(r["kind"], r["size"], r["mode"]): r for r in results}
     lines = [
-        "| NF | frame | observed pps: 1 worker / 2 workers | capacity per core: 1 / 2 workers "
-        "| 2 / 1 per core |",
-        "|---|---|---|---|---|",
+        "| NF | frame | observed pps: 1 worker / 2 on one CPU / 2 unpinned | capacity per core:"
+        " 1 / 2 on one CPU / 2 unpinned | 2 / 1 per core: one CPU, unpinned "
+        "| generator CPU busy in w2 |",
+        "|---|---|---|---|---|---|",
     ]
-    for (kind, size, mode), r2 in by.items():
-        r1 = by.get((kind, size, "batched"))
-        if mode != "w2" or r1 is None:
+
+    def ratio(a: dict | None, b: dict | None) -> str:
+        if not a or not b or not a["capacity_pps"]["median"] or not b["capacity_pps"]["median"]:
+            return "-"
+        return f"{b['capacity_pps']['median'] / a['capacity_pps']['median']:.2f}"
+
+    def col(r: dict | None, key: str, spread: bool = True) -> str:
+        return fmt(r[key], spread=spread) if r else "-"
+
+    for kind, size in dict.fromkeys((k, z) for k, z, _ in by):
+        one = by.get((kind, size, "batched"))
+        core, free = by.get((kind, size, "w2core")), by.get((kind, size, "w2"))
+        if one is None or (core is None and free is None):
             continue
-        c1, c2 = r1["capacity_pps"]["median"], r2["capacity_pps"]["median"]
-        ratio = f"{c2 / c1:.2f}" if c1 and c2 else "-"
+        busy = f"{free['gen_cpu_pct']['median']:.0f} %" if free else "-"
         lines.append(
-            f"| {kind} | {size} B | {fmt(r1['pps'], spread=False)} / {fmt(r2['pps'], spread=False)}"
-            f" | {fmt(r1['capacity_pps'])} / {fmt(r2['capacity_pps'])} | {ratio} |"
+            f"| {kind} | {size} B | {col(one, 'pps', False)} / {col(core, 'pps', False)} / "
+            f"{col(free, 'pps', False)} | {col(one, 'capacity_pps')} / "
+            f"{col(core, 'capacity_pps')} / {col(free, 'capacity_pps')} | "
+            f"{ratio(one, core)}, {ratio(one, free)} | {busy} |"
         )
     return lines
 
@@ -1105,8 +1140,9 @@ def main() -> int:
         "--modes",
         default="local,unbatched,batched",
         help="comma-separated: local, unbatched, batched, socket (recvfrom per "
-        "frame), blocks (TPACKET_V3 ring), inflight2 (two batches in flight), w2 (two "
-        "workers, unpinned), store_sync (output commit), before (needs --compare-with)",
+        "frame), blocks (TPACKET_V3 ring), inflight2 (two batches in flight), w2core (two "
+        "workers on the NFs' CPU), w2 (two workers, unpinned), store_sync (output "
+        "commit), before (needs --compare-with)",
     )
     ap.add_argument(
         "--compare-with",
@@ -1197,7 +1233,7 @@ def main() -> int:
         print()
         for line in before_table(results):
             print(line)
-    if any(r["mode"] == "w2" for r in results):
+    if any(r["mode"] in ("w2", "w2core") for r in results):
         print()
         for line in workers_table(results):
             print(line)
