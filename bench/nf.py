@@ -755,6 +755,40 @@ class Bench:
             lane.wait_started(deadline)
         return self.lanes
 
+    def generator_floor(self, rates: list[float], duration: float) -> list[dict]:
+        """The paced generator's own latency: frames reflected by the kernel on the far end
+        of a veth pair (tc mirred, no NF), at each rate. The reflection runs in the
+        generator's own send on its CPU, so this is the generator and the kernel path
+        without a second process or CPU: what the latency figures cannot go below."""
+        gen_if, far = f"nb{self.tag}fg", f"nb{self.tag}fn"
+        sh("ip", "link", "add", gen_if, "type", "veth", "peer", "name", far)
+        out = []
+        try:
+            for i in (gen_if, far):
+                subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1"])
+                sh("ip", "link", "set", i, "up")
+            sh("tc", "qdisc", "add", "dev", far, "ingress")
+            sh("tc", "filter", "add", "dev", far, "parent", "ffff:", "u32", "match", "u32",
+               "0", "0", "action", "mirred", "egress", "redirect", "dev", far)  # fmt: skip
+            _, data = workload("firewall", self.args.flows, [64])
+            for rate in rates:
+                gen = PacedGenerator(gen_if, data[64])
+                try:
+                    p = gen.run(rate, duration)
+                finally:
+                    gen.close()
+                out.append(
+                    {
+                        "rate": round(p["rate"]),
+                        "p50_us": percentile(p["samples"], 50),
+                        "p99_us": percentile(p["samples"], 99),
+                        "lost": p["lost"],
+                    }
+                )
+        finally:
+            subprocess.run(["ip", "link", "del", gen_if], capture_output=True)
+        return out
+
     def modes(self) -> list[tuple[str, str, int, list[str]]]:
         """(mode, state store, max batch, extra arguments) of every mode this run measures."""
         base = {m: (m, s, b, []) for m, s, b in MODES}
@@ -1202,6 +1236,9 @@ def main() -> int:
         )
         for kind in kinds:
             results += b.run_kind(kind, say)
+        loaded = [r["loaded_rate"] for r in results if r.get("loaded_rate")]
+        floor = b.generator_floor([LOW_RATE_PPS, *([max(loaded)] if loaded else [])],
+                                  args.paced_duration)  # fmt: skip
         pinning = b.pinning()
     load_end = loadavg()
     outside = [r["outside_cpu_pct"]["median"] for r in results]
@@ -1239,6 +1276,12 @@ def main() -> int:
             print(line)
     for line in store_sync_cost(results):
         print(line)
+    print()
+    for f in floor:
+        print(
+            f"generator floor (frames reflected by the kernel, no NF): {f['rate']:,} pps "
+            f"p50/p99 {f['p50_us']} / {f['p99_us']} us, lost {f['lost']}"
+        )
     parser = parser_cost()
     print(f"\nparser: {parser['parse_us']} us/frame (scapy: {parser['scapy_parse_us']} us/frame)")
     print(f"runtime: {time.monotonic() - started:.0f} s")
@@ -1247,6 +1290,7 @@ def main() -> int:
             json.dumps(
                 {
                     "results": results,
+                    "generator_floor": floor,
                     "parser": parser,
                     "rounds": args.rounds,
                     "duration_s": args.duration,
