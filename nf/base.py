@@ -3,8 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
-from collections.abc import Callable, Hashable, Iterable
-from typing import Any
+from collections.abc import Iterable
 
 from nf.packet import Packet
 from nf.state import Op, Result, Script
@@ -14,7 +13,10 @@ class NetworkFunction:
     """Per packet, :meth:`request` says what the NF needs: ``None`` (forward unchanged, no
     state involved), a drop reason, or a state operation. The loop runs the operations of a
     whole batch in one store round trip and hands each result to :meth:`complete`, which
-    returns the frame to send or a drop reason."""
+    returns the frame to send or a drop reason.
+
+    :meth:`request` must depend on the packet's fields and the NF's settings only (no
+    state, no clock): the loop caches its answer per packet."""
 
     kind: str = ""
     script: Script
@@ -51,24 +53,6 @@ class Prefixes:
             if addr & mask == net:
                 return True
         return False
-
-
-class Memo(dict):
-    """``memo[key]`` is ``fn(key)``, computed on first use. For pure per-packet decisions
-    that depend on few distinct keys (addresses, rules): a hit is one dict lookup in C,
-    where a Python-level call (a method, ``__contains__``) costs more than the rest of the
-    check. Bounded: emptied when full, so spoofed addresses cannot grow it."""
-
-    def __init__(self, fn: Callable[[Any], Any], limit: int = 1 << 16):
-        super().__init__()
-        self._fn = fn
-        self._limit = limit
-
-    def __missing__(self, key: Hashable) -> Any:
-        if len(self) >= self._limit:
-            self.clear()
-        value = self[key] = self._fn(key)
-        return value
 
 
 def ms(seconds: float) -> int:

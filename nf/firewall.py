@@ -24,7 +24,8 @@ from collections.abc import Sequence
 from typing import Any
 
 from contract.nf_settings import FirewallSettings
-from nf.base import Memo, NetworkFunction, Prefixes, ms
+from nf.base import NetworkFunction, Prefixes, ms
+from nf.memo import Memo
 from nf.packet import ACK, FIN, ICMP, ICMP_ECHO_REQUEST, RST, SYN, TCP, UDP, Packet
 from nf.state import Result, Script, local_get, local_set, refresh_ms
 

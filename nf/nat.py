@@ -37,7 +37,8 @@ from collections.abc import Sequence
 from socket import inet_aton
 
 from contract.nf_settings import NATSettings
-from nf.base import Memo, NetworkFunction, Prefixes, ms
+from nf.base import NetworkFunction, Prefixes, ms
+from nf.memo import Memo
 from nf.packet import ICMP, ICMP_ECHO_REPLY, ICMP_ECHO_REQUEST, PROTO_NAMES, Packet, translate
 from nf.state import Result, Script, refresh_ms
 

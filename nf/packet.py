@@ -33,7 +33,11 @@ L4 = 34  # IPv4 without options
 
 class Packet:
     """The decoded fields of one IPv4 frame. ``sport``/``dport`` hold the ICMP echo
-    identifier for ICMP echo messages, so every NF can treat ICMP echo like a port pair."""
+    identifier for ICMP echo messages, so every NF can treat ICMP echo like a port pair.
+
+    Interned: :func:`parse` returns the same object for every frame with the same fields
+    (see ``_PACKETS``), so it is never modified, and what is computed from its fields
+    alone may be cached per object (the packet loop caches the NF's request)."""
 
     __slots__ = ("dport", "dst", "dst_ip", "flags", "icmp_type", "proto", "sport", "src", "src_ip")
 
@@ -53,18 +57,42 @@ class Packet:
 # flags/fragment offset, protocol, addresses, then (with IHL 5) the two ports.
 _COMMON = struct.Struct("!HBxHxxHxBxx4s4sHH")
 COMMON_LEN = 12 + _COMMON.size  # 38: Ethernet, IPv4 without options, ports
-# 4-byte address -> (integer, dotted string): converting both ways costs more than the
-# rest of the common-case parse; a few thousand addresses cover a busy instance. Bounded:
-# emptied when full, so spoofed sources cannot grow it.
-_ADDRS: dict[bytes, tuple[int, str]] = {}
-ADDR_CACHE_MAX = 1 << 16
+# Interned packets: (addresses as 4 bytes, ports, TCP flags) -> Packet, one table per
+# protocol; (protocol, addresses, ports, flags, ICMP type) for the rest. A flow's packets
+# repeat a few field sets, and building a Packet (two address conversions, nine fields)
+# costs more than the rest of the common-case parse. Bounded: emptied when full, so
+# spoofed addresses cannot grow them.
+_TCP: dict[tuple, Packet] = {}
+_UDP: dict[tuple, Packet] = {}
+_OTHER: dict[tuple, Packet] = {}
+PACKET_CACHE_MAX = 1 << 16
 
 
-def _addr(b: bytes) -> tuple[int, str]:
-    if len(_ADDRS) >= ADDR_CACHE_MAX:
-        _ADDRS.clear()
-    a = _ADDRS[b] = (int.from_bytes(b, "big"), inet_ntoa(b))
-    return a
+def _intern(
+    table: dict,
+    key: tuple,
+    proto: int,
+    src_b: bytes,
+    dst_b: bytes,
+    sport: int,
+    dport: int,
+    flags: int,
+    icmp_type: int,
+) -> Packet:
+    if len(table) >= PACKET_CACHE_MAX:
+        table.clear()
+    pkt = table[key] = Packet(
+        proto,
+        int.from_bytes(src_b, "big"),
+        int.from_bytes(dst_b, "big"),
+        inet_ntoa(src_b),
+        inet_ntoa(dst_b),
+        sport,
+        dport,
+        flags,
+        icmp_type,
+    )
+    return pkt
 
 
 def parse(frame: bytes) -> Packet | str:
@@ -85,13 +113,11 @@ def parse(frame: bytes) -> Packet | str:
         ):
             if proto == TCP:
                 if total >= 40 and 5 <= frame[L4 + 12] >> 4 <= (total - 20) >> 2:
-                    src, src_ip = _ADDRS.get(src_b) or _addr(src_b)
-                    dst, dst_ip = _ADDRS.get(dst_b) or _addr(dst_b)
-                    return Packet(TCP, src, dst, src_ip, dst_ip, sport, dport, frame[L4 + 13], -1)
+                    key = (src_b, dst_b, sport, dport, frame[L4 + 13])
+                    return _TCP.get(key) or _intern(_TCP, key, TCP, *key, -1)
             elif proto == UDP and 8 <= (frame[L4 + 4] << 8 | frame[L4 + 5]) <= total - 20:
-                src, src_ip = _ADDRS.get(src_b) or _addr(src_b)
-                dst, dst_ip = _ADDRS.get(dst_b) or _addr(dst_b)
-                return Packet(UDP, src, dst, src_ip, dst_ip, sport, dport, 0, -1)
+                key = (src_b, dst_b, sport, dport)
+                return _UDP.get(key) or _intern(_UDP, key, UDP, *key, 0, -1)
     return parse_full(frame)
 
 
@@ -151,17 +177,8 @@ def parse_full(frame: bytes) -> Packet | str:
         sport = dport = _U16.unpack_from(frame, L4 + 4)[0]
     else:
         return "unsupported_protocol"
-    return Packet(
-        proto,
-        int.from_bytes(src_b, "big"),
-        int.from_bytes(dst_b, "big"),
-        inet_ntoa(src_b),
-        inet_ntoa(dst_b),
-        sport,
-        dport,
-        flags,
-        icmp_type,
-    )
+    key = (proto, src_b, dst_b, sport, dport, flags, icmp_type)
+    return _OTHER.get(key) or _intern(_OTHER, key, *key)
 
 
 def ip_to_int(ip: str) -> int:

@@ -25,6 +25,7 @@ from typing import Any
 
 from nf.base import NetworkFunction
 from nf.heartbeat import Heartbeat
+from nf.memo import Memo
 from nf.packet import NOT_STEERED, parse
 from nf.packetio import LINK_DOWN_ERRNOS, InterfaceGone, PacketIO
 from nf.state import LocalStore, NotReplicated, RedisStore, StoreUnavailable
@@ -32,6 +33,7 @@ from nf.state import LocalStore, NotReplicated, RedisStore, StoreUnavailable
 log = logging.getLogger("nfsteer.nf")
 
 BATCH_BUCKETS = (1, 4, 16, 64, 256)
+REQUEST_CACHE_MAX = 1 << 16
 
 
 class Counters:
@@ -103,6 +105,10 @@ class Processor:
         self.hold_s = getattr(settings, "hold_ms", 0) / 1000
         self.held: deque[tuple[float, bytes]] = deque()  # (deadline, frame), oldest first
         self._retrying: dict[int, tuple[float, bytes]] = {}  # id(frame) -> its hold entry
+        # The NF's request per packet: a function of the packet's fields alone, and parse
+        # returns one object per field set (interned), so a flow's packets look it up
+        # instead of computing it again (key formatting, rule and shard choice).
+        self.requests = Memo(nf.request, REQUEST_CACHE_MAX)
 
     def process(self, frames: Sequence[bytes]) -> list[bytes]:
         """One batch, start to finish (one store round trip)."""
@@ -122,7 +128,7 @@ class Processor:
         nf = self.nf
         if self.held:
             frames = self._take_held() + list(frames)
-        request = nf.request
+        request = self.requests
         out: list[bytes] = []
         pending: list[tuple[bytes, Any]] = []
         ops = []
@@ -137,7 +143,7 @@ class Processor:
                     dropped[pkt] += 1
                 continue
             try:
-                req = request(pkt)
+                req = request[pkt]
             except Exception as e:  # a bug must cost a packet, not the instance
                 dropped["internal_error"] += 1
                 log.debug("request failed: %r", e)

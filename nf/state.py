@@ -36,6 +36,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from nf.memo import Memo
+
 log = logging.getLogger("nfsteer.nf")
 
 Result = str  # an op's result; errors are negative numbers ("-1")
@@ -496,19 +498,28 @@ def pack(args: Sequence[Any]) -> bytes:
     return "".join(parts).encode()
 
 
+def _bulk(s: str) -> str:
+    return f"${len(s)}\r\n{s}\r\n"
+
+
+# RESP encodings of keys and of the cfg numbers: a flow's key and an NF's cfg recur batch
+# after batch, and formatting them was most of the packing.
+_BULK_KEYS = Memo(_bulk)
+_BULK_CFGS = Memo(lambda cfg: "".join([_bulk(str(c)) for c in cfg]), 64)
+
+
 def pack_batch(sha: str, cfg: Sequence[Any], ops: Sequence[Op]) -> bytes:
     """``EVALSHA sha nkeys keys... cfg... ops`` in RESP, built by hand: per packet this is
-    one key and one slice of a joined string, where redis-py's generic packer would cost
-    more than the NF's whole per-packet work."""
-    keys = [k for ks, _ in ops for k in ks]
+    one cached key encoding and one slice of a joined string, where redis-py's generic
+    packer would cost more than the NF's whole per-packet work."""
+    keys = [_BULK_KEYS[k] for ks, _ in ops for k in ks]
     joined = "\n".join([a for _, a in ops])
-    head = [sha, str(len(keys))]
-    tail = [*map(str, cfg), joined]
+    n = len(keys)
     return (
-        f"*{len(keys) + len(tail) + 3}\r\n$7\r\nEVALSHA\r\n"
-        + "".join([f"${len(a)}\r\n{a}\r\n" for a in head])
-        + "".join([f"${len(k)}\r\n{k}\r\n" for k in keys])
-        + "".join([f"${len(a)}\r\n{a}\r\n" for a in tail])
+        f"*{n + len(cfg) + 4}\r\n$7\r\nEVALSHA\r\n{_bulk(sha)}{_bulk(str(n))}"
+        + "".join(keys)
+        + _BULK_CFGS[tuple(cfg)]
+        + _bulk(joined)
     ).encode()
 
 

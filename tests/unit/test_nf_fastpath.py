@@ -1,5 +1,6 @@
-"""The common-case parse agrees with the full parse on every frame; memoized decisions
-agree with the rules and stay bounded; --workers values; counters summed over workers."""
+"""The common-case parse agrees with the full parse on every frame; packets are interned
+per field set and the loop's request cache answers like the NF; memoized decisions agree
+with the rules and stay bounded; --workers values; counters summed over workers."""
 
 from __future__ import annotations
 
@@ -7,13 +8,15 @@ import random
 
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from nf_support import tcp, udp
+from nf_support import echo, processor, tcp, udp
 
 from contract.nf_settings import FirewallSettings
-from nf.base import Memo
+from nf import packet
 from nf.cli import parse_workers
 from nf.firewall import Firewall
-from nf.packet import Packet, parse, parse_full
+from nf.memo import Memo
+from nf.packet import ACK, TCP, UDP, Packet, parse, parse_full
+from nf.state import pack_batch
 from nf.workers import sum_counters
 
 
@@ -111,3 +114,73 @@ def test_firewall_memoized_decision_follows_the_rules():
     for _ in range(2):  # computed, then from the memo
         for frame, allowed in cases:
             assert fw.may_open(parse(frame)) is allowed
+
+
+def test_packets_are_interned_per_field_set():
+    a = tcp("10.0.0.1", "10.0.0.129", 1000, 80, "PA", payload=b"x")
+    same = tcp("10.0.0.1", "10.0.0.129", 1000, 80, "PA", payload=b"other payload")
+    assert parse(a) is parse(same)
+    assert parse(echo("10.0.0.1", "10.0.0.129", 7)) is parse(echo("10.0.0.1", "10.0.0.129", 7))
+    # Any field differing gives another packet, with its own fields.
+    ack = parse(tcp("10.0.0.1", "10.0.0.129", 1000, 80, "A"))
+    assert ack is not parse(a) and ack.flags == ACK
+    other = parse(tcp("10.0.0.1", "10.0.0.129", 1001, 80, "PA"))
+    assert other is not parse(a) and other.sport == 1001
+    # TCP without flags and UDP on the same addresses and ports are not confused.
+    t = parse(tcp("10.0.0.1", "10.0.0.129", 1000, 80, ""))
+    u = parse(udp("10.0.0.1", "10.0.0.129", 1000, 80))
+    assert (t.proto, t.flags, u.proto, u.flags) == (TCP, 0, UDP, 0)
+
+
+def test_packet_tables_stay_bounded(monkeypatch):
+    monkeypatch.setattr(packet, "PACKET_CACHE_MAX", 8)
+    monkeypatch.setattr(packet, "_TCP", {})
+    for port in range(100):
+        pkt = parse(tcp("10.0.0.1", "10.0.0.129", 1000 + port, 80))
+        assert pkt.sport == 1000 + port
+        assert len(packet._TCP) <= 8
+
+
+def test_request_cache_answers_like_the_nf_and_asks_once_per_packet():
+    """The loop's cache of the NF's requests: the same op as the NF computes, asked once
+    per interned packet, and bounded."""
+    for kind in ("firewall", "nat", "lb"):
+        p = processor(kind, None)
+        calls = []
+        ask = p.nf.request
+        p.requests._fn = lambda pkt, ask=ask, calls=calls: calls.append(pkt) or ask(pkt)
+        dst = "10.0.0.100" if kind == "lb" else "10.0.0.129"
+        frames = [tcp("10.0.0.1", dst, 1000 + i % 4, 80, "S") for i in range(12)]
+        p.process(frames)
+        assert len(calls) == 4, kind  # four flows, twelve packets
+        for f in frames:
+            pkt = parse(f)
+            assert p.requests[pkt] == p.nf.request(pkt), kind
+    p = processor("firewall", None)
+    p.requests._limit = 8
+    p.process([tcp("10.0.0.1", "10.0.0.129", 2000 + i, 80, "S") for i in range(50)])
+    assert len(p.requests) <= 8
+
+
+KEY = st.text(alphabet="abcxyz0123456789:{}.", min_size=1, max_size=40)
+
+
+@settings(max_examples=200, deadline=None)
+@given(
+    st.lists(st.tuples(st.lists(KEY, min_size=1, max_size=2), KEY), min_size=1, max_size=8),
+    st.lists(st.integers(0, 10**9), max_size=5),
+)
+def test_batch_packing_is_the_resp_command(ops, cfg):
+    """The hand-made EVALSHA (with its cached key and cfg encodings) is byte for byte what
+    redis-py would send; asked twice, so the second packing comes from the caches."""
+    from redis.connection import Connection
+
+    ops = [(tuple(ks), a) for ks, a in ops]
+    keys = [k for ks, _ in ops for k in ks]
+    want = b"".join(
+        Connection().pack_command(
+            "EVALSHA", "f" * 40, len(keys), *keys, *cfg, "\n".join(a for _, a in ops)
+        )
+    )
+    for _ in range(2):
+        assert pack_batch("f" * 40, tuple(cfg), ops) == want
