@@ -13,6 +13,8 @@ from __future__ import annotations
 import struct
 from socket import inet_ntoa
 
+from nf.memo import Memo
+
 TCP, UDP, ICMP = 6, 17, 1
 PROTO_NAMES = {TCP: "tcp", UDP: "udp", ICMP: "icmp"}
 
@@ -36,7 +38,7 @@ class Packet:
     identifier for ICMP echo messages, so every NF can treat ICMP echo like a port pair.
 
     Interned: :func:`parse` returns the same object for every frame with the same fields
-    (see ``_PACKETS``), so it is never modified, and what is computed from its fields
+    (see ``_TCP``), so it is never modified, and what is computed from its fields
     alone may be cached per object (the packet loop caches the NF's request)."""
 
     __slots__ = ("dport", "dst", "dst_ip", "flags", "icmp_type", "proto", "sport", "src", "src_ip")
@@ -57,42 +59,24 @@ class Packet:
 # flags/fragment offset, protocol, addresses, then (with IHL 5) the two ports.
 _COMMON = struct.Struct("!HBxHxxHxBxx4s4sHH")
 COMMON_LEN = 12 + _COMMON.size  # 38: Ethernet, IPv4 without options, ports
+
+
 # Interned packets: (addresses as 4 bytes, ports, TCP flags) -> Packet, one table per
 # protocol; (protocol, addresses, ports, flags, ICMP type) for the rest. A flow's packets
 # repeat a few field sets, and building a Packet (two address conversions, nine fields)
-# costs more than the rest of the common-case parse. Bounded: emptied when full, so
-# spoofed addresses cannot grow them.
-_TCP: dict[tuple, Packet] = {}
-_UDP: dict[tuple, Packet] = {}
-_OTHER: dict[tuple, Packet] = {}
-PACKET_CACHE_MAX = 1 << 16
-
-
-def _intern(
-    table: dict,
-    key: tuple,
-    proto: int,
-    src_b: bytes,
-    dst_b: bytes,
-    sport: int,
-    dport: int,
-    flags: int,
-    icmp_type: int,
+# costs more than the rest of the common-case parse. Bounded (Memo): spoofed addresses
+# cannot grow them.
+def _packet(
+    proto: int, src_b: bytes, dst_b: bytes, sport: int, dport: int, flags: int, icmp_type: int
 ) -> Packet:
-    if len(table) >= PACKET_CACHE_MAX:
-        table.clear()
-    pkt = table[key] = Packet(
-        proto,
-        int.from_bytes(src_b, "big"),
-        int.from_bytes(dst_b, "big"),
-        inet_ntoa(src_b),
-        inet_ntoa(dst_b),
-        sport,
-        dport,
-        flags,
-        icmp_type,
-    )
-    return pkt
+    src, dst = int.from_bytes(src_b, "big"), int.from_bytes(dst_b, "big")
+    src_ip, dst_ip = inet_ntoa(src_b), inet_ntoa(dst_b)
+    return Packet(proto, src, dst, src_ip, dst_ip, sport, dport, flags, icmp_type)
+
+
+_TCP = Memo(lambda key: _packet(TCP, *key, -1))
+_UDP = Memo(lambda key: _packet(UDP, *key, 0, -1))
+_OTHER = Memo(lambda key: _packet(*key))
 
 
 def parse(frame: bytes) -> Packet | str:
@@ -113,11 +97,9 @@ def parse(frame: bytes) -> Packet | str:
         ):
             if proto == TCP:
                 if total >= 40 and 5 <= frame[L4 + 12] >> 4 <= (total - 20) >> 2:
-                    key = (src_b, dst_b, sport, dport, frame[L4 + 13])
-                    return _TCP.get(key) or _intern(_TCP, key, TCP, *key, -1)
+                    return _TCP[(src_b, dst_b, sport, dport, frame[L4 + 13])]
             elif proto == UDP and 8 <= (frame[L4 + 4] << 8 | frame[L4 + 5]) <= total - 20:
-                key = (src_b, dst_b, sport, dport)
-                return _UDP.get(key) or _intern(_UDP, key, UDP, *key, 0, -1)
+                return _UDP[(src_b, dst_b, sport, dport)]
     return parse_full(frame)
 
 
@@ -177,8 +159,7 @@ def parse_full(frame: bytes) -> Packet | str:
         sport = dport = _U16.unpack_from(frame, L4 + 4)[0]
     else:
         return "unsupported_protocol"
-    key = (proto, src_b, dst_b, sport, dport, flags, icmp_type)
-    return _OTHER.get(key) or _intern(_OTHER, key, *key)
+    return _OTHER[(proto, src_b, dst_b, sport, dport, flags, icmp_type)]
 
 
 def ip_to_int(ip: str) -> int:

@@ -133,8 +133,7 @@ def test_packets_are_interned_per_field_set():
 
 
 def test_packet_tables_stay_bounded(monkeypatch):
-    monkeypatch.setattr(packet, "PACKET_CACHE_MAX", 8)
-    monkeypatch.setattr(packet, "_TCP", {})
+    monkeypatch.setattr(packet, "_TCP", Memo(packet._TCP._fn, limit=8))
     for port in range(100):
         pkt = parse(tcp("10.0.0.1", "10.0.0.129", 1000 + port, 80))
         assert pkt.sport == 1000 + port
