@@ -894,8 +894,8 @@ class Bench:
     def paced_latency(self, kind: str, data: dict, say) -> dict:
         """p50/p99 latency with open-loop traffic at LOW_RATE_PPS and at HIGH_LOAD of what
         the lane carries in a closed loop just before. Not of its capacity per core: the
-        NF seldom has a whole CPU here (the machine's own tasks, the other lanes' idle
-        NFs), and 80 % of a CPU it does not get is an overload."""
+        NF seldom has a whole CPU here (the machine's own tasks take part of it), and 80 %
+        of a CPU it does not get is an overload."""
         out = {}
         d = self.args.paced_duration
         for size, frames in data.items():
