@@ -156,6 +156,14 @@ def sh(*cmd: str) -> None:
     subprocess.run(cmd, check=True, capture_output=True)
 
 
+def veth(a: str, b: str) -> None:
+    """A veth pair a <-> b, up, without IPv6 (its router solicitations would be traffic)."""
+    sh("ip", "link", "add", a, "type", "veth", "peer", "name", b)
+    for i in (a, b):
+        subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1"])
+        sh("ip", "link", "set", i, "up")
+
+
 # -- CPU accounting and the machine's quiet ------------------------------------------------
 
 
@@ -517,11 +525,8 @@ class Lane:
         self.lag_s = 0.3 if "--workers" in extra else 0.0
 
     def open(self, topo: Path) -> None:
-        sh("ip", "link", "add", self.gen_if, "type", "veth", "peer", "name", self.nf_if)
-        self.made = True
-        for i in (self.gen_if, self.nf_if):
-            subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1"])
-            sh("ip", "link", "set", i, "up")
+        self.made = True  # deleted on close even if setting it up fails half-way
+        veth(self.gen_if, self.nf_if)
         self.sock = plain_socket(self.gen_if)
         url = f"redis://127.0.0.1:{self.bench.port}/0"
         cmd, env, cwd = [NFSTEER], None, None
@@ -760,12 +765,9 @@ class Bench:
         generator's own send on its CPU, so this is the generator and the kernel path
         without a second process or CPU: what the latency figures cannot go below."""
         gen_if, far = f"nb{self.tag}fg", f"nb{self.tag}fn"
-        sh("ip", "link", "add", gen_if, "type", "veth", "peer", "name", far)
         out = []
         try:
-            for i in (gen_if, far):
-                subprocess.run(["sysctl", "-qw", f"net.ipv6.conf.{i}.disable_ipv6=1"])
-                sh("ip", "link", "set", i, "up")
+            veth(gen_if, far)
             sh("tc", "qdisc", "add", "dev", far, "ingress")
             sh("tc", "filter", "add", "dev", far, "parent", "ffff:", "u32", "match", "u32",
                "0", "0", "action", "mirred", "egress", "redirect", "dev", far)  # fmt: skip

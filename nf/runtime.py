@@ -33,7 +33,6 @@ from nf.state import LocalStore, NotReplicated, RedisStore, StoreUnavailable
 log = logging.getLogger("nfsteer.nf")
 
 BATCH_BUCKETS = (1, 4, 16, 64, 256)
-REQUEST_CACHE_MAX = 1 << 16
 
 
 class Counters:
@@ -108,7 +107,7 @@ class Processor:
         # The NF's request per packet: a function of the packet's fields alone, and parse
         # returns one object per field set (interned), so a flow's packets look it up
         # instead of computing it again (key formatting, rule and shard choice).
-        self.requests = Memo(nf.request, REQUEST_CACHE_MAX)
+        self.requests = Memo(nf.request)
 
     def process(self, frames: Sequence[bytes]) -> list[bytes]:
         """One batch, start to finish (one store round trip)."""

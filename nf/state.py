@@ -487,19 +487,17 @@ def redis_store(
     return RedisStore(client, scripts, sync)
 
 
+def _bulk(s: str) -> str:
+    return f"${len(s)}\r\n{s}\r\n"
+
+
 def pack(args: Sequence[Any]) -> bytes:
     """RESP encoding of one command. Every argument is ASCII here (addresses, numbers,
     names matching the topology's name pattern, Lua source), so length in characters is
     length in bytes and the command is encoded once, at the end."""
     parts = [f"*{len(args)}\r\n"]
-    for a in args:
-        s = a if type(a) is str else str(a)
-        parts.append(f"${len(s)}\r\n{s}\r\n")
+    parts += [_bulk(a if type(a) is str else str(a)) for a in args]
     return "".join(parts).encode()
-
-
-def _bulk(s: str) -> str:
-    return f"${len(s)}\r\n{s}\r\n"
 
 
 # RESP encodings of keys and of the cfg numbers: a flow's key and an NF's cfg recur batch
