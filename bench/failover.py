@@ -40,9 +40,9 @@ REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
 from contract import keys  # noqa: E402
-from controller.launcher import start_in_thread  # noqa: E402
-from controller.membership import POLL_INTERVAL_S  # noqa: E402
-from controller.options import Options  # noqa: E402
+from controller.ofp.launcher import start_in_thread  # noqa: E402
+from controller.ofp.options import Options  # noqa: E402
+from controller.store.membership import POLL_INTERVAL_S  # noqa: E402
 from nf.registration import Identity, Registration  # noqa: E402
 
 POOL = "fw"

@@ -15,7 +15,7 @@ instance; on add or a capacity change, flows that did not move onto the new or g
 instance), plus the traffic share of the new/doubled instance against its ideal. Three ways
 of steering are measured side by side on the same bridge and flows:
 
-- nfsteer: the real controller (controller.launcher.start_in_thread) programs the bridge
+- nfsteer: the real controller (controller.ofp.launcher.start_in_thread) programs the bridge
   over OpenFlow (multipath hash into 4,096 slots by default, slot table); changes go through
   ``app.apply``. Every observed flow's instance is also checked against the controller's own
   prediction (hash + assignment, as ``nfsteer lookup`` computes it).
@@ -52,8 +52,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from _rig import Capture, FlowSet, Observation, Rig, Sender, observe, require_root
 
-from controller.hashing import FiveTuple, slot_of
-from controller.slots import assign
+from controller.core.hashing import FiveTuple, slot_of
+from controller.core.slots import assign
 
 N_BASE = 8
 CLIENT_MAC, CLIENT_NET, SERVER_NET = "02:00:00:00:00:01", "10.1.0.0/16", "10.2.0.0/16"
@@ -153,8 +153,8 @@ class Nfsteer:
         self.barrier_seconds: list[float] = []
 
     def start(self, caps: Caps) -> None:
-        from controller.launcher import start_in_thread
-        from controller.options import Options
+        from controller.ofp.launcher import start_in_thread
+        from controller.ofp.options import Options
 
         self.rig.reset_tables()
         instances = "\n".join(
@@ -185,7 +185,7 @@ class Nfsteer:
         self.rig.settle()
 
     def change(self, before: Caps, after: Caps) -> None:
-        from controller.state import InstanceInfo, InstanceState
+        from controller.core.state import InstanceInfo, InstanceState
 
         def mutation(s):
             changes = []

@@ -45,9 +45,8 @@ sys.path.insert(0, str(REPO))
 import redis  # noqa: E402
 
 from contract.nf_settings import FirewallSettings  # noqa: E402
-from controller.state import InstanceInfo, InstanceState  # noqa: E402
-from controller.store import PoolSnapshot, Store, StoreUnavailable  # noqa: E402
-from controller.storenodes import (  # noqa: E402
+from controller.core.state import InstanceInfo, InstanceState  # noqa: E402
+from controller.ops.storenodes import (  # noqa: E402
     SENTINEL_INFO_PERIOD_MS,
     StoreLayout,
     current_primary,
@@ -56,6 +55,7 @@ from controller.storenodes import (  # noqa: E402
     node_pid,
     up,
 )
+from controller.store.pools import PoolSnapshot, Store, StoreUnavailable  # noqa: E402
 from nf.firewall import Firewall  # noqa: E402
 from nf.state import NotReplicated, redis_client, redis_store  # noqa: E402
 from nf.state import StoreUnavailable as NFUnavailable  # noqa: E402

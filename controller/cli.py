@@ -26,16 +26,16 @@ SOURCE_TREE = Path(__file__).resolve().parents[1]
 
 # (name, module, one-line help). The order is the order of `nfsteer --help`.
 SUBCOMMANDS: list[tuple[str, str, str]] = [
-    ("controller", "controller.launcher", "run the steering controller (OpenFlow app)"),
-    ("check", "controller.check", "validate topology files and exit"),
-    ("lookup", "controller.lookup", "which NF instance serves a 5-tuple"),
+    ("controller", "controller.ofp.launcher", "run the steering controller (OpenFlow app)"),
+    ("check", "controller.ops.check", "validate topology files and exit"),
+    ("lookup", "controller.ops.lookup", "which NF instance serves a 5-tuple"),
     ("nf", "nf.cli", "run one NF instance (firewall, nat, lb) on an interface"),
-    ("store", "controller.storecli", "start, stop or describe a replicated store (Sentinel)"),
+    ("store", "controller.ops.storecli", "start, stop or describe a replicated store (Sentinel)"),
     ("demo", "mininet/demo.py", "run the scale-out demo in Mininet"),
-    ("status", "controller.opscli:status", "pools and instances of a running controller"),
-    ("top", "controller.top", "live view of a running controller, refreshed every second"),
-    ("pool", "controller.opscli:pool", "show pools of a running controller"),
-    ("instance", "controller.opscli:instance", "add, remove, drain, set capacity of instances"),
+    ("status", "controller.ops.opscli:status", "pools and instances of a running controller"),
+    ("top", "controller.ops.top", "live view of a running controller, refreshed every second"),
+    ("pool", "controller.ops.opscli:pool", "show pools of a running controller"),
+    ("instance", "controller.ops.opscli:instance", "add, remove, drain, set capacity of instances"),
 ]
 
 

@@ -95,7 +95,7 @@ def prerequisites(topology_path: str) -> list[str]:
                         "site-packages: `make setup`)"),
         ("matplotlib", "matplotlib is not installed in the venv (`make setup`)"),
         ("nf.cli", "the NF command (nf/cli.py) is missing"),
-        ("controller.launcher", "the controller (controller/launcher.py) is missing"),
+        ("controller.ofp.launcher", "the controller (controller/ofp/launcher.py) is missing"),
     ):  # fmt: skip
         try:
             found = importlib.util.find_spec(module) is not None

@@ -35,7 +35,7 @@ if str(HERE) not in sys.path:
 import nfnet  # noqa: E402
 import scaleout  # noqa: E402
 
-from controller.loadbalance import best_imbalance, imbalance, instance_loads  # noqa: E402
+from controller.core.loadbalance import best_imbalance, imbalance, instance_loads  # noqa: E402
 
 POOL = "fw"
 SWITCH = "s1"

@@ -226,7 +226,7 @@ class Emulation:
         self.redis_password = secrets.token_hex(12)
         self.redis_socket = self.workdir / "redis.sock"
         self._extra_procs: list[subprocess.Popen] = []
-        self.store_layout: Any = None  # the replicated store (controller.storenodes)
+        self.store_layout: Any = None  # the replicated store (controller.ops.storenodes)
         self._store_links: list[str] = []
         if self.store not in ("replicated", "single"):
             raise ValueError(f"store must be replicated or single, not {self.store!r}")
@@ -350,7 +350,7 @@ class Emulation:
 
     # ---- the replicated store on its own network -----------------------------------------
     def start_store(self) -> None:
-        from controller.storenodes import StoreLayout, up
+        from controller.ops.storenodes import StoreLayout, up
 
         if Path(f"/sys/class/net/{STORE_BRIDGE}").exists():  # left by a run that crashed
             subprocess.run(["ip", "link", "del", STORE_BRIDGE], capture_output=True)
@@ -384,7 +384,7 @@ class Emulation:
 
     def primary_url(self) -> str:
         """The current primary's own redis:// URL (tests that inspect the store)."""
-        from controller.storenodes import current_primary
+        from controller.ops.storenodes import current_primary
 
         primary = current_primary(self.store_layout)
         assert primary is not None, "no primary"
@@ -392,7 +392,7 @@ class Emulation:
 
     def stop_store(self) -> None:
         if self.store_layout is not None:
-            from controller.storenodes import down, node_pid
+            from controller.ops.storenodes import down, node_pid
 
             for i in range(3):  # a stopped node would ignore SIGTERM
                 pid = node_pid(self.store_layout, i)

@@ -529,7 +529,7 @@ class Scenario:
         return self.report(finals)
 
     def kill_store_primary(self) -> None:
-        from controller.storenodes import current_primary, node_pid, up
+        from controller.ops.storenodes import current_primary, node_pid, up
 
         layout = self.emu.store_layout
         primary = current_primary(layout)

@@ -1,9 +1,9 @@
 """A fake OpenFlow 1.3 switch (and network of them) for unit tests of flow programming.
 
-It consumes the same steps the controller sends (:mod:`controller.flows`) and answers
+It consumes the same steps the controller sends (:mod:`controller.core.flows`) and answers
 "which port does this packet leave by". The Nicira multipath action is computed with
-:mod:`controller.hashing`, i.e. the switch's own hash. Only the match fields and actions
-that :mod:`controller.flows` produces are modelled; the real-switch tests in
+:mod:`controller.core.hashing`, i.e. the switch's own hash. Only the match fields and actions
+that :mod:`controller.core.flows` produces are modelled; the real-switch tests in
 ``test_ovs_controller.py`` check the same behaviour on Open vSwitch.
 """
 
@@ -15,10 +15,10 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from controller import flows as fl
-from controller.hashing import FiveTuple, flow_hash, slot_of
-from controller.state import Steering
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.hashing import FiveTuple, flow_hash, slot_of
+from controller.core.state import Steering
+from controller.core.topology import compute_routes
 
 OFPVID_PRESENT = 0x1000
 _ARP_FIELDS = {"arp_op": 16, "arp_sha": 48, "arp_spa": 32, "arp_tha": 48, "arp_tpa": 32}
@@ -313,7 +313,7 @@ def reprogram(net: FakeNetwork, st: Steering, down: set[tuple[str, int]] | None 
 
 class FakeOFSwitch:
     """A :class:`FakeSwitch` driven by the real OpenFlow 1.3 messages the controller sends
-    (:mod:`controller.ofmsg`), answering with os-ken reply messages:
+    (:mod:`controller.ofp.ofmsg`), answering with os-ken reply messages:
     read-back (port-desc, flow-stats, group-desc), barriers, and errors for what a switch
     refuses (a flow that names a group it does not have). Entries it holds keep the cookie
     and the raw match they were added with, as a switch does."""
@@ -399,7 +399,7 @@ class FakeOFSwitch:
                 )  # fmt: skip
             return [p.OFPFlowStatsReply(self.dp, flags=0, body=body)]
         if name == "OFPGroupDescStatsRequest":
-            from controller import ofmsg
+            from controller.ofp import ofmsg
 
             body = [
                 p.OFPGroupDescStats(ofp.OFPGT_SELECT, g.group_id, ofmsg.ofp_buckets(p, g))
@@ -409,7 +409,7 @@ class FakeOFSwitch:
         return []
 
     def _flow_mod(self, msg: Any) -> list[Any]:
-        from controller import ofmsg
+        from controller.ofp import ofmsg
 
         ofp = self.ofp
         if msg.command == ofp.OFPFC_DELETE and msg.table_id == ofp.OFPTT_ALL:
@@ -457,7 +457,7 @@ class FakeOFSwitch:
 
 
 def ofmsg_parse_actions(actions: Any) -> tuple:
-    from controller import ofmsg
+    from controller.ofp import ofmsg
 
     return ofmsg.parse_actions(actions)
 
@@ -476,6 +476,6 @@ def _parse_instructions(instructions: Iterable[Any]) -> tuple:
 
 
 def _ofp_instructions(parser: Any, instructions: Iterable[Any]) -> list[Any]:
-    from controller import ofmsg
+    from controller.ofp import ofmsg
 
     return ofmsg.ofp_instructions(parser, instructions)

@@ -20,7 +20,7 @@ import redis
 import yaml
 
 from contract import keys
-from controller.options import Options
+from controller.ofp.options import Options
 
 SWITCH = "s1"
 POOL = "fw"
@@ -205,7 +205,7 @@ class ContractNF:
 
 @contextlib.contextmanager
 def controller(topology: Path, redis_url: str | None, **kw: Any) -> Iterator[Any]:
-    from controller.launcher import start_in_thread
+    from controller.ofp.launcher import start_in_thread
 
     kw.setdefault("listen", ("127.0.0.1", 0))
     kw.setdefault("api", ("127.0.0.1", 0))
@@ -217,14 +217,14 @@ def controller(topology: Path, redis_url: str | None, **kw: Any) -> Iterator[Any
 
 
 def api_url(app: Any) -> str:
-    from controller.service import services_of
+    from controller.ofp.service import services_of
 
     server = services_of(app).api_server
     return f"http://127.0.0.1:{server.port}"
 
 
 def membership_of(app: Any) -> Any:
-    from controller.service import services_of
+    from controller.ofp.service import services_of
 
     return services_of(app).membership
 

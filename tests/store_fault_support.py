@@ -11,7 +11,7 @@ from typing import Any
 
 from e2e_support import load, logs
 
-from controller.storenodes import current_primary, down, healthy, node_pid, up
+from controller.ops.storenodes import current_primary, down, healthy, node_pid, up
 
 
 def primary_index(emu: Any) -> int:

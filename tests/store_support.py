@@ -12,7 +12,7 @@ from pathlib import Path
 from conftest import free_port
 from nf_support import NFSTEER
 
-from controller.storenodes import StoreLayout, current_primary, healthy, node_pid, status
+from controller.ops.storenodes import StoreLayout, current_primary, healthy, node_pid, status
 
 
 class ReplicatedStore:

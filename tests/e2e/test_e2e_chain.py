@@ -36,7 +36,7 @@ SERVERS = ["10.0.0.129:5001", "10.0.0.130:5001"]
 
 def nat_mappings(emu) -> dict[int, tuple[str, int, str, int]]:
     """TCP mappings the NAT pool holds in Redis: public port -> inside and remote ends."""
-    from controller.store import connect
+    from controller.store.pools import connect
 
     r = connect(emu.redis_url)  # the replicated store's Sentinel URL
     out = {}

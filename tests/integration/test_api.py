@@ -8,9 +8,9 @@ import pytest
 from fastapi.testclient import TestClient
 from membership_support import POOL, STATIC_POOL, controller, membership_of, owners, write_topology
 
-from controller.api import ApiConfigError, check_listen, create_api
-from controller.hashing import FiveTuple, slot_of
-from controller.service import services_of
+from controller.api.routes import ApiConfigError, check_listen, create_api
+from controller.core.hashing import FiveTuple, slot_of
+from controller.ofp.service import services_of
 
 TOKEN = "t0ken-for-tests"
 JSON = {"content-type": "application/json"}
@@ -178,7 +178,7 @@ def test_non_loopback_needs_a_token():
 
 
 def test_controller_refuses_an_open_api_without_token(tmp_path):
-    from controller.options import Options, OptionsError
+    from controller.ofp.options import Options, OptionsError
 
     topo = write_topology(tmp_path / "topo.yaml", dpid=0xA6)
     with pytest.raises(OptionsError, match="not a loopback address"):
@@ -213,7 +213,7 @@ def test_sample_histogram_counts_each_sample_once():
     with a switch in test_service_ovs.py)."""
     from collections import deque
 
-    from controller.metrics import SampleHistogram
+    from controller.api.metrics import SampleHistogram
 
     samples: deque = deque(maxlen=4)
     h = SampleHistogram(buckets=(0.01, 0.1))

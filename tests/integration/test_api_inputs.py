@@ -8,8 +8,8 @@ import pytest
 from fastapi.testclient import TestClient
 from membership_support import POOL, STATIC_POOL, controller, owners, write_topology
 
-from controller.api import MAX_BODY_BYTES, create_api
-from controller.service import services_of
+from controller.api.routes import MAX_BODY_BYTES, create_api
+from controller.ofp.service import services_of
 
 TOKEN = "t0ken-for-tests"
 AUTH = {"Authorization": f"Bearer {TOKEN}"}

@@ -14,8 +14,8 @@ from membership_support import controller, write_topology
 from schemathesis import GenerationMode
 from schemathesis.checks import positive_data_acceptance
 
-from controller.api import create_api
-from controller.service import services_of
+from controller.api.routes import create_api
+from controller.ofp.service import services_of
 
 TOKEN = "t0ken-for-tests"
 # Cases per route and mode; CI runs this many, a developer may raise it.

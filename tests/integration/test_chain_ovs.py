@@ -13,9 +13,9 @@ import yaml
 from conftest import unique_name
 from ovs_support import Bridge, Unixctl, trace_outputs
 
-from controller.hashing import FiveTuple
-from controller.launcher import start_in_thread
-from controller.options import Options
+from controller.core.hashing import FiveTuple
+from controller.ofp.launcher import start_in_thread
+from controller.ofp.options import Options
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(120)]
 

@@ -25,8 +25,8 @@ from membership_support import (
 )
 
 from contract import keys
-from controller.service import services_of
-from controller.store import instances_key
+from controller.ofp.service import services_of
+from controller.store.pools import instances_key
 
 CASES = int(os.environ.get("NFSTEER_FUZZ_REDIS_CASES", "400"))
 

@@ -345,8 +345,8 @@ def test_ovs_vswitchd_restart_with_several_controllers(cluster, bridge):
 
 
 def test_the_store_refuses_a_save_under_an_older_term(redis_server, topo):
-    from controller.state import Steering
-    from controller.store import Fenced, PoolSnapshot, Store
+    from controller.core.state import Steering
+    from controller.store.pools import Fenced, PoolSnapshot, Store
 
     store = Store.from_url(redis_server.url)
     st = Steering(load_topology(topo))

@@ -17,7 +17,7 @@ from conftest import require, unique_name
 from hypothesis import given
 from hypothesis import strategies as st
 
-from controller.hashing import (
+from controller.core.hashing import (
     MULTIPATH_ALGORITHM,
     MULTIPATH_FIELDS,
     FiveTuple,

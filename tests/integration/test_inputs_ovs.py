@@ -13,8 +13,8 @@ from fastapi.testclient import TestClient
 from membership_support import POOL, Bridge, controller, owners, wait_until, write_topology
 
 from contract import keys
-from controller.api import create_api
-from controller.service import services_of
+from controller.api.routes import create_api
+from controller.ofp.service import services_of
 
 pytestmark = [pytest.mark.ovs, pytest.mark.redis]
 

@@ -20,12 +20,12 @@ from fastapi.testclient import TestClient
 from ovs_support import Bridge, wait_for
 
 from contract.topology import load_topology
-from controller.api import create_api
-from controller.launcher import start_in_thread
-from controller.loadbalance import best_imbalance, imbalance, instance_loads
-from controller.metrics import make_registry, render
-from controller.opscli import load_lines
-from controller.options import Options
+from controller.api.metrics import make_registry, render
+from controller.api.routes import create_api
+from controller.core.loadbalance import best_imbalance, imbalance, instance_loads
+from controller.ofp.launcher import start_in_thread
+from controller.ofp.options import Options
+from controller.ops.opscli import load_lines
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(180)]
 

@@ -199,9 +199,9 @@ def test_installed_command(tmp_path: Path):
 @pytest.mark.redis
 def test_api_lookup_against_the_real_controller(capsys, tmp_path, redis_server):
     """The controller's REST API and the offline computation give the same answer."""
-    from controller.launcher import start_in_thread
-    from controller.options import Options
-    from controller.service import services_of
+    from controller.ofp.launcher import start_in_thread
+    from controller.ofp.options import Options
+    from controller.ofp.service import services_of
 
     topo = tmp_path / "t.yaml"
     topo.write_text(TOPOLOGY)
@@ -256,9 +256,9 @@ def test_api_service_lookup_against_the_real_controller(capsys, tmp_path, redis_
     """The REST API shows a service's chain and answers per hop as the offline lookup does."""
     import httpx
 
-    from controller.launcher import start_in_thread
-    from controller.options import Options
-    from controller.service import services_of
+    from controller.ofp.launcher import start_in_thread
+    from controller.ofp.options import Options
+    from controller.ofp.service import services_of
 
     topo = tmp_path / "chain.yaml"
     topo.write_text(CHAIN.read_text().replace("membership: registered", "membership: static"))

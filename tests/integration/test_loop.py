@@ -24,12 +24,12 @@ import pytest
 from conftest import REPO, free_port, unique_name
 from ovs_support import Bridge, ofctl, static_single, wait_for
 
-from controller import flows as fl
-from controller import ofmsg
-from controller.launcher import start_in_thread
-from controller.options import Options
-from controller.service import services_of
-from controller.state import InstanceState
+from controller.core import flows as fl
+from controller.core.state import InstanceState
+from controller.ofp import ofmsg
+from controller.ofp.launcher import start_in_thread
+from controller.ofp.options import Options
+from controller.ofp.service import services_of
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(120)]
 
@@ -144,8 +144,8 @@ def test_a_loop_that_ends_anyway_ends_the_process(tmp_path):
     script = textwrap.dedent(
         f"""
         import time
-        from controller.launcher import start_in_thread
-        from controller.options import Options
+        from controller.ofp.launcher import start_in_thread
+        from controller.ofp.options import Options
         app, stop = start_in_thread(Options(topology={str(topo)!r},
                                             listen=("127.0.0.1", 0), api=None))
         def end_loop():

@@ -23,8 +23,8 @@ from membership_support import (
 )
 
 from contract import keys
-from controller.membership import Liveness
-from controller.store import Store, instances_key
+from controller.store.membership import Liveness
+from controller.store.pools import Store, instances_key
 
 # --- pure logic ----------------------------------------------------------------------------
 

@@ -25,11 +25,11 @@ from hypothesis import strategies as st
 from ofpeer_support import RawPeer, features_reply, header, hello
 from ovs_support import Bridge
 
-from controller import flows as fl
-from controller.launcher import start_in_thread
-from controller.options import Options
-from controller.switchlink import LinkTimers
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.switchlink import LinkTimers
+from controller.core.topology import compute_routes
+from controller.ofp.launcher import start_in_thread
+from controller.ofp.options import Options
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(300)]
 

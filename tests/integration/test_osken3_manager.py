@@ -1,4 +1,4 @@
-"""The app loaded the classic Ryu way: os-ken 3's `osken-manager controller.app` with the
+"""The app loaded the classic Ryu way: os-ken 3's `osken-manager controller.ofp.app` with the
 eventlet hub, in the separate environment .venv-osken3 that scripts/setup.sh builds. It
 programs a real OVS bridge and applies a change made through its REST API."""
 
@@ -59,7 +59,11 @@ def test_osken_manager_with_eventlet_programs_the_switch_and_applies_a_change(tm
     log = tmp_path / "osken-manager.log"
     with open(log, "w") as logf:
         proc = subprocess.Popen(
-            [*cmd, "controller.app"], cwd=tmp_path, env=env, stdout=logf, stderr=subprocess.STDOUT
+            [*cmd, "controller.ofp.app"],
+            cwd=tmp_path,
+            env=env,
+            stdout=logf,
+            stderr=subprocess.STDOUT,
         )
     bridge = Bridge(unique_name("ok"), 1, [1, 2, 3, 4, 5, *INSTANCE_PORTS.values()])
     try:
@@ -98,5 +102,5 @@ def test_osken_manager_with_eventlet_programs_the_switch_and_applies_a_change(tm
             proc.wait()
         bridge.delete()
     text = log.read_text()
-    assert "loading app controller.app" in text
+    assert "loading app controller.ofp.app" in text
     assert "Traceback" not in text, text

@@ -28,13 +28,13 @@ from conftest import free_port, unique_name
 from ovs_support import Bridge, Unixctl, trace_outputs, wait_for
 
 from contract.topology import load_topology
-from controller import flows as fl
-from controller.hashing import FiveTuple
-from controller.launcher import start_in_thread
-from controller.options import Options
-from controller.service import services_of
-from controller.state import InstanceInfo, InstanceState, Steering
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.hashing import FiveTuple
+from controller.core.state import InstanceInfo, InstanceState, Steering
+from controller.core.topology import compute_routes
+from controller.ofp.launcher import start_in_thread
+from controller.ofp.options import Options
+from controller.ofp.service import services_of
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(120)]
 
@@ -311,7 +311,7 @@ def test_switch_error_is_logged_with_its_cause(tmp_path, bridges, controller, ca
     br = bridges(1, SINGLE_PORTS)
     connect(app, br)
     bad = fl.Flow(0, 7, fl.make_match(in_port=3), (("apply", (("group", 777),)),))
-    from controller import ofmsg
+    from controller.ofp import ofmsg
 
     app.send_messages("s1", [ofmsg.flow_add(app.datapaths["s1"], bad)])
     wait_for(lambda: app.counters.switch_errors, 10, "an error from the switch")

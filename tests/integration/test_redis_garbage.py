@@ -26,10 +26,10 @@ from membership_support import (
 )
 
 from contract import keys
-from controller.api import create_api
-from controller.membership import POLL_INTERVAL_S
-from controller.service import services_of
-from controller.store import MAX_EPOCH, PoolSnapshot, Store, instances_key
+from controller.api.routes import create_api
+from controller.ofp.service import services_of
+from controller.store.membership import POLL_INTERVAL_S
+from controller.store.pools import MAX_EPOCH, PoolSnapshot, Store, instances_key
 
 
 @pytest.fixture

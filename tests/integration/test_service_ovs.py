@@ -23,7 +23,7 @@ from membership_support import (
     write_topology,
 )
 
-from controller.store import Store
+from controller.store.pools import Store
 
 pytestmark = [pytest.mark.ovs, pytest.mark.redis]
 

@@ -14,8 +14,8 @@ from redis.crc import key_slot
 
 from contract import keys
 from contract.topology import load_topology
-from controller.state import InstanceInfo, InstanceState, Steering
-from controller.store import PoolSnapshot, Store, StoreUnavailable, connect, instances_key
+from controller.core.state import InstanceInfo, InstanceState, Steering
+from controller.store.pools import PoolSnapshot, Store, StoreUnavailable, connect, instances_key
 
 
 @pytest.fixture

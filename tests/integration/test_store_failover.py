@@ -15,9 +15,9 @@ from nf_support import NFSTEER
 from store_support import ReplicatedStore
 
 from contract.nf_settings import FirewallSettings
-from controller.state import InstanceInfo, InstanceState
-from controller.store import PoolSnapshot, Store
-from controller.storenodes import SENTINEL_INFO_PERIOD_MS
+from controller.core.state import InstanceInfo, InstanceState
+from controller.ops.storenodes import SENTINEL_INFO_PERIOD_MS
+from controller.store.pools import PoolSnapshot, Store
 from nf.firewall import Firewall
 from nf.state import NotReplicated, StoreUnavailable, redis_client, redis_store
 

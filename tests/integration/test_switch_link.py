@@ -26,12 +26,12 @@ from conftest import free_port, require, unique_name
 from ofpeer_support import RawPeer, header, hello, thread_count, wait_threads
 from ovs_support import Bridge, static_single, vsctl, wait_for
 
-from controller import flows as fl
-from controller.launcher import start_in_thread
-from controller.oftls import TlsFiles
-from controller.options import Options
-from controller.switchlink import LinkTimers
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.switchlink import LinkTimers
+from controller.core.topology import compute_routes
+from controller.ofp.launcher import start_in_thread
+from controller.ofp.options import Options
+from controller.ofp.tls import TlsFiles
 
 pytestmark = [pytest.mark.ovs, pytest.mark.timeout(120)]
 

@@ -17,14 +17,14 @@ from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 from ovs_support import Bridge, Unixctl, trace_outputs, vsctl, wait_for
 
 from contract.topology import load_topology, parse_topology, virtual_mac
-from controller import flows as fl
-from controller import ofmsg
-from controller.hashing import FiveTuple
-from controller.launcher import start_in_thread
-from controller.options import Options
-from controller.state import InstanceInfo, InstanceState, Steering
-from controller.switchsync import ReadBack
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.hashing import FiveTuple
+from controller.core.state import InstanceInfo, InstanceState, Steering
+from controller.core.switchsync import ReadBack
+from controller.core.topology import compute_routes
+from controller.ofp import ofmsg
+from controller.ofp.launcher import start_in_thread
+from controller.ofp.options import Options
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "tests" / "data" / "services.yaml"

@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st_
 
 from contract.topology import ConfigError, parse_topology, parse_topology_text
-from controller.hashing import FiveTuple
-from controller.state import InstanceState, Steering
+from controller.core.hashing import FiveTuple
+from controller.core.state import InstanceState, Steering
 
 REPO = Path(__file__).resolve().parents[2]
 CHAIN = REPO / "topologies" / "chain.yaml"
@@ -195,9 +195,9 @@ def test_the_chain_survives_the_openflow_wire():
     sends (serialized and parsed back): the hop entries' matches survive the wire."""
     from fakeofp import FakeOFSwitch
 
-    from controller import flows as fl
-    from controller import ofmsg
-    from controller.topology import compute_routes
+    from controller.core import flows as fl
+    from controller.core.topology import compute_routes
+    from controller.ofp import ofmsg
 
     st = steering()
     routes = compute_routes(st.topology)
@@ -224,9 +224,9 @@ CHAIN_ITEMS = st_.lists(st_.sampled_from(["fw", "nat", "nat2", "lb", "vpn", "", 
 def test_any_chain_is_a_working_topology_or_one_clear_error(chain, bidirectional):
     """Fuzzed chains: a ConfigError naming file and field, or a topology whose every generated
     entry fits the pipeline and whose chain keeps the rules."""
-    from controller import flows as fl
-    from controller.pipeline import violations
-    from controller.topology import compute_routes
+    from controller.core import flows as fl
+    from controller.core.pipeline import violations
+    from controller.core.topology import compute_routes
 
     data = chain_data()
     data["pools"]["nat2"] = copy.deepcopy(data["pools"]["nat"])
@@ -256,9 +256,9 @@ def test_incremental_updates_keep_every_hop_right(seed):
     packets still reach, hop by hop, the instances each hop's hash names."""
     import random
 
-    from controller import flows as fl
-    from controller.state import InstanceInfo, SteeringError
-    from controller.topology import compute_routes
+    from controller.core import flows as fl
+    from controller.core.state import InstanceInfo, SteeringError
+    from controller.core.topology import compute_routes
 
     st = steering()
     rng = random.Random(seed)

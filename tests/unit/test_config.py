@@ -12,7 +12,7 @@ import yaml
 
 from contract.topology import ConfigError, load_topology, parse_topology
 from controller.cli import main
-from controller.options import Options, OptionsError, parse_hostport
+from controller.ofp.options import Options, OptionsError, parse_hostport
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
@@ -263,7 +263,7 @@ def test_parse_hostport():
 
 def test_app_reads_options_from_environment(monkeypatch):
     """Under someone else's AppManager the app has only the environment to go by."""
-    from controller.app import SteeringApp
+    from controller.ofp.app import SteeringApp
 
     monkeypatch.setenv("NFSTEER_TOPOLOGY", str(TRIANGLE))
     monkeypatch.setenv("NFSTEER_LOG_LEVEL", "WARNING")

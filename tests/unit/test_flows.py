@@ -12,12 +12,12 @@ from fakeofp import FakeSwitch, Packet, program, reprogram
 from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 
 from contract.topology import load_topology, parse_topology
-from controller import flows as fl
-from controller import ofmsg
-from controller.hashing import FiveTuple
-from controller.state import InstanceState, Steering
-from controller.switchsync import ReadBack
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.hashing import FiveTuple
+from controller.core.state import InstanceState, Steering
+from controller.core.switchsync import ReadBack
+from controller.core.topology import compute_routes
+from controller.ofp import ofmsg
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
@@ -331,7 +331,7 @@ def test_unreachable_instance_switch_gets_no_slot_entries():
 
 def _random_change(st: Steering, rng: random.Random, down: set, links: list) -> None:
     """One random change to the pool state or the links; a refused one changes nothing."""
-    from controller.state import InstanceInfo, SteeringError
+    from controller.core.state import InstanceInfo, SteeringError
 
     pool = st.pools["fw"]
     names = sorted(pool.instances)

@@ -1,4 +1,4 @@
-"""Load-aware slot moves (controller/loadbalance.py): the planner, the smoothed readings
+"""Load-aware slot moves (controller/core/loadbalance.py): the planner, the smoothed readings
 fed with fake counters, and the pool policy in the topology file. The same behaviour on a
 real OVS bridge: tests/integration/test_load_ovs.py."""
 
@@ -14,8 +14,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from contract.topology import ConfigError, parse_topology
-from controller import slots
-from controller.loadbalance import (
+from controller.core import slots
+from controller.core.loadbalance import (
     MIN_GAIN,
     NO_LOAD,
     LoadWatch,
@@ -26,7 +26,7 @@ from controller.loadbalance import (
     instance_loads,
     plan_moves,
 )
-from controller.state import InstanceState, PoolChange, Steering, SteeringError
+from controller.core.state import InstanceState, PoolChange, Steering, SteeringError
 
 REPO = Path(__file__).resolve().parents[2]
 EQUAL4 = {"a": 1.0, "b": 1.0, "c": 1.0, "d": 1.0}

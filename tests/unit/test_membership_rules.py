@@ -1,4 +1,4 @@
-"""The membership decision, as a table of cases (controller/membership_rules.py).
+"""The membership decision, as a table of cases (controller/core/membership_rules.py).
 
 The same rules on real Redis, with real registrations and heartbeats, are exercised in
 tests/integration/test_membership.py and test_service_ovs.py.
@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from controller.membership_rules import Action, decide
-from controller.state import InstanceInfo, InstanceState
+from controller.core.membership_rules import Action, decide
+from controller.core.state import InstanceInfo, InstanceState
 
 A, D, F, DOWN = (InstanceState.ACTIVE, InstanceState.DRAINING, InstanceState.FAILED,
                  InstanceState.DOWN)  # fmt: skip

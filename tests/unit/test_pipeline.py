@@ -1,4 +1,4 @@
-"""Every entry the controller computes fits the declared pipeline (controller/pipeline.py),
+"""Every entry the controller computes fits the declared pipeline (controller/core/pipeline.py),
 for every shipped and test topology, in both steering modes, with instances failed, moved
 and on other switches."""
 
@@ -10,10 +10,10 @@ import pytest
 import yaml
 
 from contract.topology import parse_topology
-from controller import flows as fl
-from controller.pipeline import PIPELINE, group_violations, violations
-from controller.state import InstanceState, Steering
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.pipeline import PIPELINE, group_violations, violations
+from controller.core.state import InstanceState, Steering
+from controller.core.topology import compute_routes
 
 REPO = Path(__file__).resolve().parents[2]
 FILES = sorted((REPO / "topologies").glob("*.yaml")) + sorted((REPO / "tests/data").glob("*.yaml"))

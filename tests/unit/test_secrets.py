@@ -12,7 +12,7 @@ import pytest
 from contract.errors import UsageError
 from contract.secrets import api_token, redis_url
 from controller.cli import build_parser
-from controller.launcher import options_from_args
+from controller.ofp.launcher import options_from_args
 
 TOPOLOGY = os.path.join(os.path.dirname(__file__), "..", "data", "triangle.yaml")
 

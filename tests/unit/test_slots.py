@@ -12,7 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.slots import assign, moved, quotas
+from controller.core.slots import assign, moved, quotas
 
 NAMES = [f"n{i}" for i in range(7)]
 capacity = st.one_of(

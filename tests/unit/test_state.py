@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from contract.topology import load_topology, parse_topology
-from controller.hashing import FiveTuple, slot_of
-from controller.state import (
+from controller.core.hashing import FiveTuple, slot_of
+from controller.core.state import (
     InstanceInfo,
     InstanceState,
     PoolChange,

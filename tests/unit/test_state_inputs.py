@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 
 from contract.topology import load_topology, parse_topology
-from controller import flows as fl
-from controller.state import InstanceInfo, InstanceState, Steering, SteeringError
+from controller.core import flows as fl
+from controller.core.state import InstanceInfo, InstanceState, Steering, SteeringError
 
 SINGLE = Path(__file__).resolve().parents[2] / "topologies" / "single.yaml"
 

@@ -7,8 +7,8 @@ from hypothesis import given
 from hypothesis import strategies as st
 
 from contract.storeurl import StoreURLError, check_url, parse_sentinel_url, redacted
-from controller.options import Options, OptionsError
-from controller.storenodes import StoreLayout, node_conf, sentinel_conf
+from controller.ofp.options import Options, OptionsError
+from controller.ops.storenodes import StoreLayout, node_conf, sentinel_conf
 
 
 def test_sentinel_urls_name_every_sentinel_the_service_and_the_password():

@@ -7,8 +7,7 @@ import math
 
 import pytest
 
-from controller.options import OptionsError, parse_listen
-from controller.switchlink import (
+from controller.core.switchlink import (
     LinkError,
     LinkTimers,
     Verdict,
@@ -16,6 +15,7 @@ from controller.switchlink import (
     idle_verdict,
     is_alive,
 )
+from controller.ofp.options import OptionsError, parse_listen
 
 T = LinkTimers(handshake_s=10, echo_interval_s=5, echo_misses=3)
 

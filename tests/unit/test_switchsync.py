@@ -14,11 +14,11 @@ from pathlib import Path
 from fakeofp import FakeOFSwitch
 
 from contract.topology import load_topology
-from controller import flows as fl
-from controller import ofmsg
-from controller.state import InstanceState, Steering
-from controller.switchsync import BARRIER_TIMEOUT_S, READBACK_TIMEOUT_S, Phase, SwitchSync
-from controller.topology import compute_routes
+from controller.core import flows as fl
+from controller.core.state import InstanceState, Steering
+from controller.core.switchsync import BARRIER_TIMEOUT_S, READBACK_TIMEOUT_S, Phase, SwitchSync
+from controller.core.topology import compute_routes
+from controller.ofp import ofmsg
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"

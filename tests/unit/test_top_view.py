@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.top import Snapshot, View
+from controller.ops.top import Snapshot, View
 
 
 def member(name, state="active", capacity=1.0, slots=8, tx=None, read_at=None):

@@ -1,7 +1,7 @@
 """The OpenFlow pipeline, declared as data: each table, the match fields it may use, the
 actions and instructions its entries may carry, and the tables it may go to.
 
-:mod:`controller.flows` builds entries for these tables; :func:`violations` checks an entry
+:mod:`controller.core.flows` builds entries for these tables; :func:`violations` checks an entry
 (or a select group's buckets) against the declaration, so a change to flow programming that
 strays from the pipeline fails the tests (every generated table is checked there).
 """
@@ -11,7 +11,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from controller.flows import (
+from controller.core.flows import (
     OFPVID_NONE,
     PRIO_HOP_BASE,
     T_CLASSIFY,

@@ -1,6 +1,6 @@
 """Flow programming: the flow table each switch should hold, and how to get it there. Pure.
 
-Pipeline (OpenFlow 1.3, one switch; declared as data in :mod:`controller.pipeline`)::
+Pipeline (OpenFlow 1.3, one switch; declared as data in :mod:`controller.core.pipeline`)::
 
   table 0  classify
     3000  in_port=<instance port>, untagged | in_port=<fabric port>  -> goto 2
@@ -69,10 +69,10 @@ from typing import Any
 
 from contract.topology import Match as MatchSpec
 from contract.topology import Service, Topology, virtual_mac
-from controller.chain import reverse_public_address
-from controller.hashing import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS
-from controller.state import InstanceInfo, Steering
-from controller.topology import Routes, fabric_ports
+from controller.core.chain import reverse_public_address
+from controller.core.hashing import MULTIPATH_ALGORITHM, MULTIPATH_FIELDS
+from controller.core.state import InstanceInfo, Steering
+from controller.core.topology import Routes, fabric_ports
 
 T_CLASSIFY, T_SLOTS, T_FORWARD = 0, 1, 2
 OFPVID_PRESENT = 0x1000
@@ -103,7 +103,7 @@ FlowKey = tuple[int, int, MatchT]
 
 
 def make_match(**fields: Any) -> MatchT:
-    """Canonical form of a match, identical to what :mod:`controller.ofmsg` parses back."""
+    """Canonical form of a match, identical to what :mod:`controller.ofp.ofmsg` parses back."""
     out = []
     for name, value in fields.items():
         if value is None:

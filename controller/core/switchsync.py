@@ -7,11 +7,11 @@ A switch that connects is read back before it is programmed::
        +------------------------ reconnect (a new SwitchSync) ---------------+
 
 While READING it gets nothing. The read-back gives what the switch holds
-(:class:`controller.flows.Installed`); from then on :meth:`SwitchSync.program` computes the
+(:class:`controller.core.flows.Installed`); from then on :meth:`SwitchSync.program` computes the
 difference to the desired table and records what the switch will hold once the steps are
 applied. Entries the controller did not compute (a foreign flow, one whose match cannot be
 parsed) are deleted by the match as read; a reply that cannot be understood at all wipes the
-switch (:class:`controller.flows.WipeAll`) and programs it from scratch.
+switch (:class:`controller.core.flows.WipeAll`) and programs it from scratch.
 
 Barriers are tracked here too: which were sent and when, which are answered. A switch is
 in sync once it answered the barrier that follows its first programming; :meth:`problem`
@@ -23,9 +23,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from enum import StrEnum
 
-from controller import flows as fl
-from controller.state import Steering
-from controller.topology import Routes
+from controller.core import flows as fl
+from controller.core.state import Steering
+from controller.core.topology import Routes
 
 READBACK_TIMEOUT_S = 10.0  # a switch that has not answered its read-back by then is unhealthy
 BARRIER_TIMEOUT_S = 5.0  # nor one that leaves a barrier unanswered that long
@@ -39,7 +39,7 @@ class Phase(StrEnum):
 
 @dataclass
 class ReadBack:
-    """A switch's answers to the read-back requests, parsed (see :mod:`controller.ofmsg`)."""
+    """A switch's answers to the read-back requests, parsed (see :mod:`controller.ofp.ofmsg`)."""
 
     ports: dict[int, bool] = field(default_factory=dict)
     flows: dict[fl.FlowKey, int] = field(default_factory=dict)

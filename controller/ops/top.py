@@ -19,7 +19,7 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-from controller.opscli import DEFAULT_API_URL, ApiError
+from controller.ops.opscli import DEFAULT_API_URL, ApiError
 
 EVENTS_KEPT = 12
 REQUEST_TIMEOUT_S = 2.0

@@ -44,10 +44,10 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from contract.values import Capacity, HostIPv4, Mac, Name, SwitchPort, short
-from controller import metrics
-from controller.chain import hops_of
-from controller.hashing import FiveTuple, slot_of
-from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
+from controller.api import metrics
+from controller.core.chain import hops_of
+from controller.core.hashing import FiveTuple, slot_of
+from controller.core.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
 
 log = logging.getLogger("nfsteer.api")
 

@@ -1,15 +1,15 @@
 """`nfsteer lookup`: which NF instance serves a 5-tuple.
 
 Offline (``--topology FILE``): computes the answer from the file alone, taking every listed
-instance as active at its configured capacity: the switch's hash (controller.hashing) picks
-the slot, a fresh slot assignment (controller.slots) gives the owner. A running controller
+instance as active at its configured capacity: the switch's hash (controller.core.hashing) picks
+the slot, a fresh slot assignment (controller.core.slots) gives the owner. A running controller
 may differ after joins, failures or capacity changes; ask it with ``--api URL``.
 
 Online (``--api URL``): asks a running controller,
 ``GET {URL}/api/v1/pools/{pool}/lookup?src=&dst=&proto=&sport=&dport=``.
 
 ``--service NAME`` instead of ``--pool`` answers for each hop of the service's chain, in the
-order the 5-tuple visits them (:mod:`controller.chain`; online:
+order the 5-tuple visits them (:mod:`controller.core.chain`; online:
 ``GET {URL}/api/v1/services/{service}/lookup?...``).
 """
 
@@ -49,7 +49,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.hashing import FiveTuple
+    from controller.core.hashing import FiveTuple
 
     try:
         ft = FiveTuple.parse(args.src, args.dst, args.proto, args.sport, args.dport)
@@ -87,8 +87,8 @@ def offline_lookup(topology_path: str, pool: str, ft: Any) -> dict[str, Any]:
 
 
 def _pool_answer(topology: Any, topology_path: str, pool: str, ft: Any) -> dict[str, Any]:
-    from controller.hashing import flow_hash
-    from controller.slots import assign
+    from controller.core.hashing import flow_hash
+    from controller.core.slots import assign
 
     if pool not in topology.pools:
         known = ", ".join(sorted(topology.pools)) or "none"
@@ -117,7 +117,7 @@ def _pool_answer(topology: Any, topology_path: str, pool: str, ft: Any) -> dict[
 def offline_service_lookup(topology_path: str, service: str, ft: Any) -> dict[str, Any]:
     """One answer per hop of ``service``, computed from a topology file."""
     from contract.topology import load_topology
-    from controller.chain import hops_of
+    from controller.core.chain import hops_of
 
     topology = load_topology(topology_path)
     svc = topology.services.get(service)

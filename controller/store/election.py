@@ -1,6 +1,6 @@
 """The election service: claims and renews the leader's lease in Redis (one thread).
 
-The thread only does the Redis I/O (:data:`controller.leadership.ACQUIRE_LUA` every renewal
+The thread only does the Redis I/O (:data:`controller.core.leadership.ACQUIRE_LUA` every renewal
 interval); what a grant or a refusal means is decided in the app's loop (``app.on_lease``).
 When this controller wins a new term, the takeover is: load the pool state from Redis into
 the app and write it back under the new term (which fences an older leader's writes), then
@@ -17,9 +17,9 @@ from typing import Any
 
 import redis
 
-from controller import leadership
-from controller.leadership import Lease
-from controller.store import Store, StoreUnavailable
+from controller.core import leadership
+from controller.core.leadership import Lease
+from controller.store.pools import Store, StoreUnavailable
 
 log = logging.getLogger("nfsteer.election")
 

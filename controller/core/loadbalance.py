@@ -11,7 +11,7 @@ smoothed rate per slot (packets/s: an NF's work is per packet), sums them per in
 and, when the most loaded instance's load per unit of capacity exceeds the pool mean by
 ``threshold`` for two readings in a row, plans moves with :func:`plan_moves`.
 
-The capacity layer (:mod:`controller.slots`) stays in charge of who may own slots and of
+The capacity layer (:mod:`controller.core.slots`) stays in charge of who may own slots and of
 the minimal moves on joins, failures and capacity changes; load moves are made on top of
 the assignment it leaves, by the same kind of change (a new epoch, saved like any other).
 A join or a failure re-applies the quotas with the fewest moves, which undoes only what

@@ -33,9 +33,9 @@ from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from controller.leadership import DEFAULT_LEASE_MS, check_lease
-from controller.oftls import TlsFiles
-from controller.switchlink import LinkTimers
+from controller.core.leadership import DEFAULT_LEASE_MS, check_lease
+from controller.core.switchlink import LinkTimers
+from controller.ofp.tls import TlsFiles
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 API_OFF = "off"
@@ -87,7 +87,7 @@ class Options:
                 raise OptionsError(f"Redis URL: {e}") from None
         if self.api is not None:
             # The rule lives with the API server; imported here only when it applies.
-            from controller.api import ApiConfigError, check_listen
+            from controller.api.routes import ApiConfigError, check_listen
 
             try:
                 check_listen(self.api[0], self.api_token)

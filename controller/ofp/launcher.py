@@ -10,7 +10,7 @@ ends. The listen address (and TLS files, echo timers) are also written to os-ken
 (``ofp_listen_host``, ``ofp_tcp_listen_port`` or ``ofp_ssl_listen_port``, ``ctl_privkey``,
 ``ctl_cert``, ``ca_certs``, ``echo_request_interval``) for anything that reads them there.
 
-Switch connections (see :mod:`controller.switchlink` for the rules): each is served by its
+Switch connections (see :mod:`controller.core.switchlink` for the rules): each is served by its
 own thread, which reads and parses messages itself rather than with os-ken's reader, so that
 
 - a connection that breaks the protocol (bad length, wrong version, a message os-ken cannot
@@ -49,9 +49,17 @@ from contract.secrets import (
     api_token,
     redis_url,
 )
-from controller.leadership import DEFAULT_LEASE_MS
-from controller.oftls import TlsConfigError, TlsFiles, TlsStream, peer_name, server_context
-from controller.options import (
+from controller.core.leadership import DEFAULT_LEASE_MS
+from controller.core.switchlink import (
+    CLAIM_GRACE_S,
+    LinkError,
+    LinkTimers,
+    Verdict,
+    handshake_verdict,
+    idle_verdict,
+    is_alive,
+)
+from controller.ofp.options import (
     DEFAULT_API,
     DEFAULT_HEARTBEAT_TTL_MS,
     DEFAULT_LISTEN,
@@ -61,21 +69,13 @@ from controller.options import (
     parse_api,
     parse_listen,
 )
-from controller.switchlink import (
-    CLAIM_GRACE_S,
-    LinkError,
-    LinkTimers,
-    Verdict,
-    handshake_verdict,
-    idle_verdict,
-    is_alive,
-)
+from controller.ofp.tls import TlsConfigError, TlsFiles, TlsStream, peer_name, server_context
 
 if TYPE_CHECKING:
-    from controller.app import SteeringApp
+    from controller.ofp.app import SteeringApp
 
 LOG = logging.getLogger("nfsteer.controller")
-APP_MODULE = "controller.app"
+APP_MODULE = "controller.ofp.app"
 OFP_HANDLER_MODULE = "os_ken.controller.ofp_handler"
 STOP_TIMEOUT = 5.0
 READ_SIZE = 64 * 1024
@@ -243,7 +243,7 @@ def run(args: argparse.Namespace) -> int:
 
     signal.signal(signal.SIGINT, on_signal)
     signal.signal(signal.SIGTERM, on_signal)
-    from controller.service import ServiceError
+    from controller.ofp.service import ServiceError
 
     try:
         app, stop = start_in_thread(options, on_fatal=on_fatal)
@@ -274,7 +274,7 @@ def check_store(url: str) -> None:
     until it is back."""
     from contract.errors import UsageError
     from contract.storeurl import StoreURLError, check_reachable, close_client
-    from controller.store import connect
+    from controller.store.pools import connect
 
     client = connect(url)
     try:

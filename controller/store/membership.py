@@ -15,7 +15,7 @@ The controller side of the registration contract in ``contract/keys.py``:
   when Redis returns, and restores registrations that an emptied Redis lost.
 
 The two threads only do Redis I/O; every decision runs in the app's event loop
-(``app.call``), through the pure rules of :mod:`controller.membership_rules`, and every
+(``app.call``), through the pure rules of :mod:`controller.core.membership_rules`, and every
 change is a mutation run through ``app.apply`` that re-checks the state, so the event
 thread and the sync loop can race without doing anything twice.
 While Redis is unreachable nothing is failed for a missing heartbeat: the switch keeps its
@@ -37,9 +37,9 @@ import redis
 from contract import keys
 from contract.records import parse_registration_record
 from contract.values import is_name, short
-from controller.membership_rules import Action, Decision, decide
-from controller.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
-from controller.store import Fenced, PoolSnapshot, Store, StoreUnavailable
+from controller.core.membership_rules import Action, Decision, decide
+from controller.core.state import InstanceInfo, InstanceState, PoolChange, Steering, SteeringError
+from controller.store.pools import Fenced, PoolSnapshot, Store, StoreUnavailable
 
 log = logging.getLogger("nfsteer.membership")
 

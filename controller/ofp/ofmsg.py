@@ -1,4 +1,4 @@
-"""Pure flow descriptions (:mod:`controller.flows`) to os-ken OpenFlow 1.3 messages, and
+"""Pure flow descriptions (:mod:`controller.core.flows`) to os-ken OpenFlow 1.3 messages, and
 stats replies back to descriptions. No I/O: messages are built for a datapath object (a
 connected ``Datapath``, or ``os_ken.ofproto.ofproto_protocol.ProtocolDesc`` in tests) and
 returned; the app sends them.
@@ -12,8 +12,8 @@ from typing import Any
 
 from os_ken.ofproto import nicira_ext, ofproto_v1_3
 
-from controller import flows as fl
-from controller.switchsync import ReadBack
+from controller.core import flows as fl
+from controller.core.switchsync import ReadBack
 
 OFP = ofproto_v1_3
 

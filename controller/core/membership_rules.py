@@ -1,6 +1,6 @@
 """What to do about one instance, given its registration, liveness, port and current state.
 
-Pure: the membership service (:mod:`controller.membership`) reads Redis and the switch
+Pure: the membership service (:mod:`controller.store.membership`) reads Redis and the switch
 ports, calls :func:`decide`, and carries out the :class:`Decision` through the app's loop.
 The rules, in order:
 
@@ -20,7 +20,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
-from controller.state import InstanceInfo, InstanceState
+from controller.core.state import InstanceInfo, InstanceState
 
 
 class Action(StrEnum):

@@ -14,7 +14,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from contract.topology import Service, Topology
-from controller.hashing import FiveTuple
+from controller.core.hashing import FiveTuple
 
 
 @dataclass(frozen=True)

@@ -38,7 +38,7 @@ from redis.retry import Retry
 from contract import keys
 from contract.records import parse_instance_record
 from contract.values import is_name, short
-from controller.state import InstanceInfo, InstanceState, PoolState
+from controller.core.state import InstanceInfo, InstanceState, PoolState
 
 log = logging.getLogger("nfsteer.store")
 

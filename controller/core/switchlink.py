@@ -1,6 +1,6 @@
 """The rules of a switch connection: when to probe it, when to give up on it, who owns a dpid.
 
-Pure decisions over monotonic times; :mod:`controller.launcher` applies them to sockets.
+Pure decisions over monotonic times; :mod:`controller.ofp.launcher` applies them to sockets.
 
 - A connection that has not completed the OpenFlow handshake (hello, features reply) within
   ``handshake_s`` of being accepted is closed. At most ``max_pending`` connections may be in

@@ -2,7 +2,7 @@
 
 :class:`Steering` is the single owner of "which instance serves which hash slot". Every
 mutation validates its input first and raises :class:`SteeringError` without changing
-anything; otherwise it recomputes the assignment with :func:`controller.slots.assign`
+anything; otherwise it recomputes the assignment with :func:`controller.core.slots.assign`
 (fewest possible moves), bumps the pool epoch when a slot changed owner and returns a
 :class:`PoolChange` listing the moved slots. Flow programming derives the switch tables
 from this state, so the state is the one source of truth for the data plane.
@@ -21,8 +21,8 @@ from contract import values
 from contract.topology import Topology
 from contract.values import MAX_CAPACITY, is_name
 from contract.values import short as _short
-from controller import slots
-from controller.hashing import FiveTuple, slot_of
+from controller.core import slots
+from controller.core.hashing import FiveTuple, slot_of
 
 __all__ = ["MAX_CAPACITY"]
 

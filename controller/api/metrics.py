@@ -20,7 +20,7 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from controller.state import InstanceState
+from controller.core.state import InstanceState
 
 # Event-to-barrier times: from a change to the switches' barrier replies (seconds).
 TAKEOVER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)

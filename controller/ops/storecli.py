@@ -7,7 +7,7 @@ import argparse
 import json
 import sys
 
-from controller.storenodes import (
+from controller.ops.storenodes import (
     DEFAULT_PORTS,
     DEFAULT_SENTINEL_PORTS,
     DOWN_AFTER_MS,
@@ -58,7 +58,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 def run(args: argparse.Namespace) -> int:
     from controller.cli import UsageError
-    from controller.storenodes import down, status, up
+    from controller.ops.storenodes import down, status, up
 
     try:
         if args.action == "up":

@@ -1,9 +1,9 @@
 """The os-ken application: a thin layer between OpenFlow events and the pure logic.
 
 Events (switch features, port status, stats, barrier replies, errors) become calls on
-:class:`controller.state.Steering` and :class:`controller.switchsync.SwitchSync`; the
+:class:`controller.core.state.Steering` and :class:`controller.core.switchsync.SwitchSync`; the
 messages those return are sent. Loadable by any os-ken AppManager (options then come from
-``NFSTEER_*`` environment variables, see :mod:`controller.options`); ``nfsteer controller``
+``NFSTEER_*`` environment variables, see :mod:`controller.ofp.options`); ``nfsteer controller``
 passes its options as the ``nfsteer_options`` keyword.
 
 **One loop owns the steering state.** os-ken hands every OpenFlow event to the app's own
@@ -20,7 +20,7 @@ lossless). ``/healthz`` fails while the loop has not turned for ``LOOP_STALL_S``
 
 How a switch is programmed, always the same way: compute the table it should hold, compare
 with what it holds (read back when it connects, tracked from then on), send only the
-difference, adds before deletes, with barriers (:mod:`controller.switchsync`).
+difference, adds before deletes, with barriers (:mod:`controller.core.switchsync`).
 """
 
 from __future__ import annotations
@@ -48,14 +48,14 @@ from os_ken.controller.handler import (
 from os_ken.ofproto import ofproto_v1_3
 
 from contract.topology import Topology, load_topology
-from controller import flows as fl
-from controller import loadbalance as lb
-from controller import ofmsg
-from controller.leadership import Lease
-from controller.options import Options
-from controller.state import InstanceState, PoolChange, PoolState, Steering
-from controller.switchsync import Phase, SwitchSync
-from controller.topology import Routes, compute_routes, fabric_ports
+from controller.core import flows as fl
+from controller.core import loadbalance as lb
+from controller.core.leadership import Lease
+from controller.core.state import InstanceState, PoolChange, PoolState, Steering
+from controller.core.switchsync import Phase, SwitchSync
+from controller.core.topology import Routes, compute_routes, fabric_ports
+from controller.ofp import ofmsg
+from controller.ofp.options import Options
 
 LOG = logging.getLogger("nfsteer.controller")
 OFP = ofproto_v1_3
@@ -518,7 +518,7 @@ class SteeringApp(app_manager.OSKenApp):
         # Membership and state in Redis when a URL is given; the REST API, metrics and
         # CLI either way (unless the API is off). A service that cannot start stops the
         # controller from starting (e.g. the API port is taken).
-        from controller import service
+        from controller.ofp import service
 
         service.start_services(self)
         self._services_started = True
@@ -547,7 +547,7 @@ class SteeringApp(app_manager.OSKenApp):
         if self._services_started:
             self._services_started = False
             try:
-                from controller import service
+                from controller.ofp import service
 
                 service.stop_services(self)
             except Exception:
@@ -1037,7 +1037,7 @@ class SteeringApp(app_manager.OSKenApp):
             with contextlib.suppress(OSError):
                 sock.shutdown(socket.SHUT_RDWR)
 
-    # -- load-aware slot moves (controller.loadbalance) -------------------------------------
+    # -- load-aware slot moves (controller.core.loadbalance) -------------------------------------
 
     def _read_slot_load(self, now: float) -> None:
         """Ask every programmed switch for its slot entries' counters, when a pool in load

@@ -54,14 +54,14 @@ def services_of(app: Any) -> Services | None:
 
 
 def start_services(app: Any) -> Services:
-    from controller.api import ApiConfigError, ApiServer, check_listen, create_api
+    from controller.api.routes import ApiConfigError, ApiServer, check_listen, create_api
 
     options = app.options
     services = Services(app)
     if options.redis_url:
-        from controller.election import Election
-        from controller.membership import Membership
-        from controller.store import Store
+        from controller.store.election import Election
+        from controller.store.membership import Membership
+        from controller.store.pools import Store
 
         services.store = Store.from_url(options.redis_url)
         services.membership = Membership(app, services.store)
@@ -87,7 +87,7 @@ def start_services(app: Any) -> Services:
             services.stop()
             raise ServiceError(f"REST API: {e}") from None
     if services.election is not None:
-        from controller.election import ElectionError
+        from controller.store.election import ElectionError
 
         if services.api_server is not None:
             services.election.api_url = advertised_url(host, services.api_server.port)
