@@ -12,6 +12,7 @@ from typing import Any
 
 from os_ken.ofproto import nicira_ext, ofproto_v1_3
 
+from controller.core import events as ev
 from controller.core import flows as fl
 from controller.core.switchsync import ReadBack
 
@@ -377,3 +378,24 @@ def fencing_error(err_type: int, code: int) -> str | None:
     if err_type == OFP.OFPET_BAD_REQUEST and code == OFP.OFPBRC_IS_SLAVE:
         return "a change was refused: this controller is SLAVE on the switch"
     return None
+
+
+# -- the core's requests ----------------------------------------------------------------------
+
+_READS: dict[type, Any] = {
+    ev.ReadPorts: port_desc_request,
+    ev.ReadFlows: flow_stats_request,
+    ev.ReadGroups: group_desc_request,
+    ev.ReadPortStats: port_stats_request,
+    ev.ReadSlotCounters: slot_stats_request,
+}
+
+
+def request_messages(dp: Any, request: ev.Request) -> list[Any]:
+    """The os-ken messages of one request of the core (a wipe is two)."""
+    read = _READS.get(type(request))
+    if read is not None:
+        return [read(dp)]
+    if isinstance(request, ev.RoleRequest):
+        return [role_request(dp, request.role, request.generation)]
+    return messages(dp, [request])

@@ -174,7 +174,7 @@ def test_foreign_entries_are_removed_at_connect(app, bridge):
     assert not [f for f in flows if "nw_src=10.0.0.1/255.0.255.0" in f], flows
     assert not [f for f in flows if "table=7" in f]
     assert "group_id=99" not in bridge.groups()
-    desired = fl.desired_table(app.steering, "s1", app._routes)
+    desired = fl.desired_table(app.steering, "s1", app.routes)
     assert len(flows) == len(desired.flows)
     assert app.counters.handler_errors == 0
     change_is_programmed(app, bridge)
