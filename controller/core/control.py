@@ -23,6 +23,7 @@ from controller.core.leadership import Lease
 from controller.core.load_moves import LoadMoves
 from controller.core.programming import Programming
 from controller.core.roles import Roles
+from controller.core.roster import Member, Roster
 from controller.core.state import PoolState, Steering
 from controller.core.switches import Switches
 from controller.core.switchsync import Phase
@@ -42,16 +43,20 @@ class View:
     switch_problems: tuple[str, ...]  # why a connected switch is not in sync
     port_stats: Mapping[tuple[str, int], Mapping[str, int]]
     unconfirmed: int  # barriers sent and not yet answered, all switches
+    registered: tuple[Member, ...]  # instances whose liveness comes from heartbeats
+    lease: Lease | None  # a copy of what this controller knows of the lease
     published: float  # monotonic time of the input after which it was made
 
 
 class Core:
-    def __init__(self, topology: Topology, wall: float):
+    def __init__(self, topology: Topology, wall: float, heartbeat_ttl_s: float = 0.5):
         self.ctx = ctx = Context(topology, wall)
         self.roles = Roles(ctx, read_back=lambda sw: self.switches.read_back(sw))
         self.programming = Programming(ctx, self.roles.may_program)
         self.loads = LoadMoves(ctx, self.programming)
         self.switches = Switches(ctx, self.programming, self.roles, self.loads.switch_gone)
+        self.roster = Roster(ctx, self.programming, heartbeat_ttl_s)
+        self.programming.listeners += [self.loads.record, self.roster.on_change]
         self._next_port_stats = 0.0
 
     # -- what the adapter and readers use ---------------------------------------------------
@@ -71,10 +76,6 @@ class Core:
     @property
     def lease(self) -> Lease | None:
         return self.ctx.lease
-
-    @lease.setter
-    def lease(self, lease: Lease | None) -> None:
-        self.ctx.lease = lease
 
     def leading(self, now: float) -> bool:
         lease = self.ctx.lease
@@ -108,9 +109,6 @@ class Core:
         self._dispatch(event)
         outputs = list(ctx.outputs)
         ctx.outputs = []
-        for out in outputs:
-            if isinstance(out, ev.PoolsChanged):
-                self.loads.record(out.changes, out.reason)
         return outputs
 
     def _dispatch(self, event: ev.Input) -> None:
@@ -121,6 +119,9 @@ class Core:
                 self.programming.apply(event)
             case ev.Tick():
                 self._tick()
+            case ev.LeaseConfigured():
+                self.ctx.lease = Lease(event.controller_id, event.lease_s)
+                self.ctx.changed = True
             case ev.LeaseGranted():
                 self.roles.granted(event)
             case ev.LeaseRefused():
@@ -129,10 +130,34 @@ class Core:
                 self.roles.unknown()
             case ev.Fenced():
                 self.roles.step_down(event.reason)
+                if self.ctx.lease is not None:
+                    self.ctx.lease.raise_floor(event.term)
             case ev.ClaimSwitches():
                 self.roles.assert_roles()
             case ev.BelieveLeader():
                 self.roles.believe(event.term_delta)
+            case ev.PoolsRead():
+                self.roster.pools_read(event)
+            case ev.RegistrationRead():
+                self.roster.registration_read(event)
+            case ev.HeartbeatsRead():
+                self.roster.heartbeats_read(event)
+            case ev.HeartbeatLost():
+                self.roster.heartbeat_lost(event)
+            case ev.ScanRead():
+                self.roster.scan_read(event)
+            case ev.LivenessRestart():
+                self.roster.liveness.restart(self.ctx.now, grace=event.grace)
+            case ev.SaveAll():
+                self.roster.save_all()
+            case ev.StoredEpochs():
+                self.roster.stored_epochs(event)
+            case ev.PoolSaved():
+                self.roster.pool_saved(event)
+            case ev.StoreEmptied():
+                self.roster.store_emptied(event)
+            case ev.Retire():
+                self.roster.retire(event)
             case _:
                 sw = self.ctx.by_conn(event.conn)
                 if sw is not None:
@@ -178,6 +203,7 @@ class Core:
                 if sw.sync.phase is Phase.PROGRAMMED:
                     ctx.send(sw, [ev.ReadPortStats()])
         self.loads.read()
+        self.roster.tick()
         ctx.changed = True  # switch problems age with time
 
     # -- readers ----------------------------------------------------------------------------
@@ -213,5 +239,7 @@ class Core:
             switch_problems=tuple(p for p in problems if p),
             port_stats={k: dict(v) for k, v in ctx.port_stats.items()},
             unconfirmed=sum(len(sw.sync.barriers) for sw in ctx.switches.values()),
+            registered=self.roster.registered(),
+            lease=None if ctx.lease is None else dataclasses.replace(ctx.lease),
             published=now,
         )

@@ -11,8 +11,10 @@ from __future__ import annotations
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from enum import IntEnum
+from typing import Any
 
 from controller.core import flows as fl
+from controller.core.snapshot import PoolSnapshot
 from controller.core.state import PoolChange, Steering
 from controller.core.switchsync import ReadBack
 
@@ -110,6 +112,14 @@ class RoleStatus:
 
 
 @dataclass(frozen=True)
+class LeaseConfigured:
+    """Several controllers share the store: this one takes part in the election."""
+
+    controller_id: str
+    lease_s: float
+
+
+@dataclass(frozen=True)
 class LeaseGranted:
     term: int
     asked_at: float
@@ -128,9 +138,10 @@ class LeaseUnknown:
 
 @dataclass(frozen=True)
 class Fenced:
-    """A write was refused as stale (switch or store)."""
+    """A write was refused as stale (switch or store); ``term`` is the newer one seen."""
 
     reason: str
+    term: int = 0
 
 
 @dataclass(frozen=True)
@@ -159,10 +170,99 @@ class Tick:
     """Time passed: timers (port stats, load readings), health ages."""
 
 
+# -- inputs: membership, read from the store ---------------------------------------------------
+
+Member = tuple[str, str]  # (pool, instance name)
+Beat = tuple[Any, int | None]  # a heartbeat key's value and its TTL in ms
+
+
+@dataclass(frozen=True)
+class PoolsRead:
+    """Saved pool state, read at start (``startup``) or to keep a standby warm."""
+
+    snapshots: tuple[PoolSnapshot, ...]
+    startup: bool = False
+
+
+@dataclass(frozen=True)
+class RegistrationRead:
+    """An instance's registration (None: it has none), read because of ``reason``."""
+
+    pool: str
+    name: str
+    registration: Mapping[str, str] | None
+    reason: str
+
+
+@dataclass(frozen=True)
+class HeartbeatsRead:
+    beats: Mapping[Member, Beat]
+
+
+@dataclass(frozen=True)
+class HeartbeatLost:
+    """A live instance's heartbeat is gone; ``registered``: its registration is still there."""
+
+    pool: str
+    name: str
+    registered: bool
+
+
+@dataclass(frozen=True)
+class ScanRead:
+    """Every registration of the pools (backstop for missed events), with heartbeats."""
+
+    registrations: Mapping[str, Mapping[str, Mapping[str, str]]]
+    beats: Mapping[Member, Beat]
+    unreadable: frozenset[Member]
+
+
+@dataclass(frozen=True)
+class LivenessRestart:
+    grace: bool
+
+
+@dataclass(frozen=True)
+class SaveAll:
+    """Save every pool (the store was empty, came back, or a new term began)."""
+
+
+@dataclass(frozen=True)
+class StoredEpochs:
+    """The epochs the store holds, read when it is reached for the first time."""
+
+    epochs: Mapping[str, int | None]
+
+
+@dataclass(frozen=True)
+class PoolSaved:
+    pool: str
+    epoch: int
+    newer: int | None  # the store held a newer epoch than ours
+
+
+@dataclass(frozen=True)
+class StoreEmptied:
+    """These pools were saved before and are gone: the store restarted empty."""
+
+    pools: tuple[str, ...]
+
+
+@dataclass(frozen=True)
+class Retire:
+    """The controller drained or removed an instance: its registration is retired."""
+
+    pool: str
+    name: str
+
+
 Input = (
     SwitchConnected | SwitchGone | ReadBackPart | SlotCounters | PortStatus | PortStats
-    | BarrierReply | ErrorReply | RoleReply | RoleStatus | LeaseGranted | LeaseRefused
-    | LeaseUnknown | Fenced | ClaimSwitches | BelieveLeader | Change | Tick
+    | BarrierReply | ErrorReply | RoleReply | RoleStatus | LeaseConfigured | LeaseGranted
+    | LeaseRefused
+    | LeaseUnknown | Fenced | ClaimSwitches | BelieveLeader | Change | Tick | PoolsRead
+    | RegistrationRead | HeartbeatsRead | HeartbeatLost | ScanRead | LivenessRestart | SaveAll
+    | StoredEpochs | PoolSaved | StoreEmptied | Retire
 )  # fmt: skip
 
 
@@ -264,4 +364,60 @@ class NewTerm:
     term: int
 
 
-Output = Send | Disconnect | Applied | Confirmed | PoolsChanged | SyncChanged | NewTerm
+# -- outputs for the store --------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class SavePool:
+    """Write a pool's state, fenced by the term it was taken under."""
+
+    snapshot: PoolSnapshot
+
+
+@dataclass(frozen=True)
+class RetireRegistration:
+    pool: str
+    name: str
+
+
+@dataclass(frozen=True)
+class RestoreRegistrations:
+    """Write back registrations an emptied store lost."""
+
+    pools: tuple[str, ...]
+    registrations: Mapping[Member, Mapping[str, str]]
+
+
+@dataclass(frozen=True)
+class ReadRegistration:
+    """Read an instance's registration and answer with :class:`RegistrationRead`."""
+
+    pool: str
+    name: str
+    reason: str
+
+
+@dataclass(frozen=True)
+class CheckRegistered:
+    """Read whether an instance is still registered; answer with :class:`HeartbeatLost`."""
+
+    pool: str
+    name: str
+
+
+@dataclass(frozen=True)
+class Reject:
+    """Record bad data found in the store (counted and said once by the store)."""
+
+    pool: str
+    field: str
+    why: str
+
+
+StoreOutput = (
+    SavePool | RetireRegistration | RestoreRegistrations | ReadRegistration | CheckRegistered
+    | Reject
+)  # fmt: skip
+Output = (
+    Send | Disconnect | Applied | Confirmed | PoolsChanged | SyncChanged | NewTerm | StoreOutput
+)

@@ -20,6 +20,8 @@ class Programming:
     def __init__(self, ctx: Context, may_program: Callable[[Switch], bool]):
         self.ctx = ctx
         self.may_program = may_program
+        # told of every change, in the loop, right after it is made
+        self.listeners: list[Callable[[tuple[PoolChange, ...], str], None]] = []
         self._next_change = 1
         # change -> (barriers it waits for: (conn, xid), when it was made)
         self._waiting: dict[int, tuple[set[tuple[int, int]], float]] = {}
@@ -62,6 +64,8 @@ class Programming:
             fields = {"pool": c.pool, "epoch": c.epoch, "moved": len(c.moved)}
         LOG.info("%s (%s)", change.reason, summary or "no change", extra=fields)
         ctx.emit(Applied(number, changes))
+        for listener in self.listeners:
+            listener(changes, change.reason)
         ctx.emit(PoolsChanged(changes, change.reason))
         self._settle(number)
         return number

@@ -30,6 +30,7 @@ from controller.core import loadbalance as lb
 from controller.core.context import ControllerCounters
 from controller.core.control import Core, View
 from controller.core.leadership import Lease
+from controller.core.roster import Roster
 from controller.core.state import PoolChange, Steering
 from controller.core.topology import Routes
 from controller.ofp.loop import ApplyResult, Listener, Loop
@@ -53,7 +54,11 @@ class SteeringApp(app_manager.OSKenApp):
         super().__init__(*args, **kwargs)
         self.options: Options = options or Options.from_env()
         logging.getLogger("nfsteer").setLevel(self.options.log_level)
-        self.core = Core(load_topology(self.options.topology), wall=time.time())
+        self.core = Core(
+            load_topology(self.options.topology),
+            wall=time.time(),
+            heartbeat_ttl_s=self.options.heartbeat_ttl_ms / 1000,
+        )
         self.loop = Loop(self.core, on_fatal=_exit_process)
         self._services_started = False
 
@@ -95,9 +100,13 @@ class SteeringApp(app_manager.OSKenApp):
         # controller from starting (e.g. the API port is taken).
         from controller.ofp import service
 
-        service.start_services(self)
-        self._services_started = True
         self.loop.start()
+        try:
+            service.start_services(self)
+        except BaseException:
+            self.loop.stop()
+            raise
+        self._services_started = True
         topology = self.steering.topology
         LOG.info(
             "steering %s: %d switches, %d pools, %d services",
@@ -152,6 +161,22 @@ class SteeringApp(app_manager.OSKenApp):
 
     def add_listener(self, fn: Listener) -> None:
         self.loop.listeners.append(fn)
+
+    def submit(self, event: ev.Input) -> None:
+        """An input for the core, handled in the loop soon (any thread)."""
+        self.loop.submit(event)
+
+    def tell(self, event: ev.Input) -> list[ev.Output]:
+        """An input for the core, handled in the loop now; its outputs (any thread)."""
+        return self.loop.tell(event)
+
+    def set_store_sink(self, sink: Callable[[ev.StoreOutput], None]) -> None:
+        """Where the core's store writes and reads go (the membership service)."""
+        self.loop.store_sink = sink
+
+    @property
+    def roster(self) -> Roster:
+        return self.core.roster
 
     def mark_changed(self) -> None:
         self.core.mark_changed()
@@ -214,34 +239,15 @@ class SteeringApp(app_manager.OSKenApp):
 
         return self.loop.call(send)
 
-    # -- leadership (the election service, from the loop) -------------------------------------
+    # -- leadership ---------------------------------------------------------------------------
 
     @property
     def lease(self) -> Lease | None:
-        """The leader's lease when several controllers share a store; None: the only one."""
-        return self.core.lease
-
-    @lease.setter
-    def lease(self, lease: Lease | None) -> None:
-        self.core.lease = lease
+        """What this controller knows of the lease (a copy); None: the only controller."""
+        return self.view().lease
 
     def leading(self) -> bool:
         return self.core.leading(time.monotonic())
-
-    def on_lease(self, granted: bool, term: int, holder: str, asked_at: float) -> bool:
-        """The election's answer (loop only). True when this makes us the leader of a new
-        term: the caller then loads the pool state and claims the switches."""
-        answer = ev.LeaseGranted(term, asked_at) if granted else ev.LeaseRefused(term, holder)
-        return any(isinstance(o, ev.NewTerm) for o in self.loop.feed(answer))
-
-    def lease_unknown(self) -> None:
-        self.loop.feed(ev.LeaseUnknown())
-
-    def step_down(self, reason: str) -> None:
-        self.loop.feed(ev.Fenced(reason))
-
-    def claim_switches(self) -> None:
-        self.loop.feed(ev.ClaimSwitches())
 
     def believe_leader(self, term_delta: int) -> dict[str, Any]:
         """A test hook (``NFSTEER_TEST_HOOKS=1``), from the loop: believe we lead with our

@@ -60,6 +60,11 @@ class ApplyResult:
         return self._done.wait(timeout)
 
 
+@dataclass(frozen=True)
+class _Input:
+    event: ev.Input
+
+
 @dataclass
 class _Call:
     fn: Callable[[], Any]
@@ -77,6 +82,7 @@ class Loop:
         self.loop_turned = time.monotonic()
         self.last_failure: tuple[float, str] | None = None  # (when, what)
         self.listeners: list[Listener] = []
+        self.store_sink: Callable[[ev.StoreOutput], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
@@ -101,6 +107,17 @@ class Loop:
     def post_event(self, event: Any) -> None:
         """An os-ken event, to be translated and handled in the loop."""
         self._queue.put(event)
+
+    def submit(self, event: ev.Input) -> None:
+        """An input for the core, handled in the loop later (at once before it starts)."""
+        if self._thread is None:
+            self.feed(event)
+            return
+        self._queue.put(_Input(event))
+
+    def tell(self, event: ev.Input) -> list[ev.Output]:
+        """An input for the core, handled in the loop now; returns its outputs."""
+        return self.call(lambda: self.feed(event))
 
     def in_loop(self) -> bool:
         return threading.current_thread() is self._thread
@@ -206,6 +223,11 @@ class Loop:
             case ev.SyncChanged():
                 event = self._synced[out.switch]
                 event.set() if out.synced else event.clear()
+            case ev.Applied() | ev.NewTerm():
+                pass  # answers to the caller of feed()
+            case _:
+                if self.store_sink is not None:
+                    self.store_sink(out)
 
     def _run(self) -> None:
         try:
@@ -214,7 +236,7 @@ class Loop:
                 now = time.monotonic()
                 if now >= next_tick:
                     next_tick = now + TICK_S
-                    self._turn(ev.Tick())
+                    self._turn(_Input(ev.Tick()))
                 try:
                     item = self._queue.get(timeout=max(0.0, next_tick - time.monotonic()))
                 except queue.Empty:
@@ -229,9 +251,14 @@ class Loop:
     def _turn(self, item: Any) -> None:
         self.loop_turned = time.monotonic()
         if isinstance(item, _Call):
-            self._run_call(item)
-        elif isinstance(item, ev.Tick):
-            self.feed(item)
+            try:
+                self._run_call(item)
+            finally:
+                self._publish()  # before the caller goes on: it may read the view
+                item.done.set()
+            return
+        if isinstance(item, _Input):
+            self._input(item.event)
         else:
             self._os_ken_event(item)
         self._publish()
@@ -246,8 +273,12 @@ class Loop:
         except BaseException as e:
             item.error = e
             raise
-        finally:
-            item.done.set()
+
+    def _input(self, event: ev.Input) -> None:
+        try:
+            self.feed(event)
+        except Exception:
+            self._failed(f"input {type(event).__name__} failed", getattr(event, "conn", None))
 
     def _os_ken_event(self, event: Any) -> None:
         try:

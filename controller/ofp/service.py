@@ -67,9 +67,15 @@ def start_services(app: Any) -> Services:
         services.membership = Membership(app, services.store)
         if not services.membership.restore():
             log.warning("redis unreachable at start: running from the topology until it is back")
-        app.add_listener(services.membership.on_change)
         # Several controllers may share this Redis: the lease decides which one leads.
-        services.election = Election(app, services.store, services.membership, None)
+        services.election = Election(
+            app,
+            services.store,
+            services.membership,
+            controller_id=options.controller_id,
+            lease_ms=options.lease_ms,
+            renew_ms=options.lease_renew_ms,
+        )
     if options.api is not None:  # None: the API is off
         host, port = options.api
         try:

@@ -1,10 +1,11 @@
 """The election service: claims and renews the leader's lease in Redis (one thread).
 
 The thread only does the Redis I/O (:data:`controller.core.leadership.ACQUIRE_LUA` every renewal
-interval); what a grant or a refusal means is decided in the app's loop (``app.on_lease``).
+interval); what a grant or a refusal means is decided by the control core
+(:mod:`controller.core.roles`), to which the answers go as typed inputs.
 When this controller wins a new term, the takeover is: load the pool state from Redis into
 the app and write it back under the new term (which fences an older leader's writes), then
-claim MASTER on every switch, read back and diff (``app.claim_switches``).
+claim MASTER on every switch, read back and diff (:class:`~controller.core.events.ClaimSwitches`).
 """
 
 from __future__ import annotations
@@ -13,15 +14,27 @@ import contextlib
 import logging
 import threading
 import time
-from typing import Any
+from typing import TYPE_CHECKING, Protocol
 
 import redis
 
+from controller.core import events as ev
 from controller.core import leadership
-from controller.core.leadership import Lease
 from controller.store.pools import Store, StoreUnavailable
 
+if TYPE_CHECKING:
+    from controller.core.control import View
+    from controller.store.membership import Membership
+
 log = logging.getLogger("nfsteer.election")
+
+
+class Controller(Protocol):
+    """What the election needs of the running controller."""
+
+    def view(self) -> View: ...
+    def tell(self, event: ev.Input) -> list[ev.Output]: ...
+    def fatal(self, reason: str) -> None: ...
 
 
 class ElectionError(Exception):
@@ -29,21 +42,30 @@ class ElectionError(Exception):
 
 
 class Election:
-    def __init__(self, app: Any, store: Store, membership: Any, api_url: str | None):
-        options = app.options
+    def __init__(
+        self,
+        app: Controller,
+        store: Store,
+        membership: Membership | None,
+        *,
+        controller_id: str | None,
+        lease_ms: int,
+        renew_ms: int | None = None,
+        api_url: str | None = None,
+    ):
         self.app = app
         self.store = store
         self.membership = membership
-        self.controller_id = options.controller_id or leadership.default_id()
-        self.lease_s = options.lease_ms / 1000
-        renew_ms = options.lease_renew_ms or options.lease_ms // leadership.RENEWALS_PER_LEASE
+        self.controller_id = controller_id or leadership.default_id()
+        self.lease_s = lease_ms / 1000
+        renew_ms = renew_ms or lease_ms // leadership.RENEWALS_PER_LEASE
         self.renew_s = renew_ms / 1000
         self.api_url = api_url
         self._acquire = store.client.register_script(leadership.ACQUIRE_LUA)
         self._release = store.client.register_script(leadership.RELEASE_LUA)
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
-        app.lease = Lease(self.controller_id, self.lease_s)
+        app.tell(ev.LeaseConfigured(self.controller_id, self.lease_s))
 
     # -- life cycle --------------------------------------------------------------------------
 
@@ -76,7 +98,7 @@ class Election:
         if self._thread is not None:
             self._thread.join(timeout=3)
             self._thread = None
-        lease = self.app.lease
+        lease = self.app.view().lease
         with contextlib.suppress(StoreUnavailable, redis.RedisError):
             if lease is not None and lease.leading_as_of_holder():
                 args = [self.controller_id, lease.term]
@@ -98,7 +120,8 @@ class Election:
 
     def round(self) -> None:
         """One claim or renewal, and what follows from its answer."""
-        lease = self.app.lease
+        lease = self.app.view().lease
+        assert lease is not None
         asked_at = time.monotonic()
         ttl_ms = int(self.lease_s * 1000)
         mine = lease.term if lease.leading_as_of_holder() else 0
@@ -111,15 +134,17 @@ class Election:
             )
             self.store.call(lambda r: self._heartbeat(r, ttl_ms))
         except StoreUnavailable:
-            self.app.call(self.app.lease_unknown)
+            self.app.tell(ev.LeaseUnknown())
             return
         except Exception:
             log.exception("election round failed")
-            self.app.call(self.app.lease_unknown)
+            self.app.tell(ev.LeaseUnknown())
             return
         holder = holder.decode() if isinstance(holder, bytes) else str(holder)
-        new = self.app.call(lambda: self.app.on_lease(bool(granted), int(term), holder, asked_at))
-        if new:
+        answer = (
+            ev.LeaseGranted(int(term), asked_at) if granted else ev.LeaseRefused(int(term), holder)
+        )
+        if any(isinstance(out, ev.NewTerm) for out in self.app.tell(answer)):
             self.takeover()
 
     def _heartbeat(self, r: redis.Redis, ttl_ms: int) -> None:
@@ -134,13 +159,13 @@ class Election:
         switches."""
         if self.membership is not None:
             self.membership.take_over()
-        self.app.call(self.app.claim_switches)
+        self.app.tell(ev.ClaimSwitches())
 
     # -- for the API ----------------------------------------------------------------------------
 
     def leader_api(self) -> str | None:
         """The REST API URL of the current leader, if known."""
-        lease = self.app.lease
+        lease = self.app.view().lease
         if lease is None or not lease.holder:
             return None
         holder = lease.holder

@@ -28,7 +28,6 @@ import json
 import logging
 import threading
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import dataclass, field
 from typing import Any, TypeVar
 
 import redis
@@ -38,7 +37,8 @@ from redis.retry import Retry
 from contract import keys
 from contract.records import parse_instance_record
 from contract.values import is_name, short
-from controller.core.state import InstanceInfo, InstanceState, PoolState
+from controller.core.snapshot import PoolSnapshot
+from controller.core.state import InstanceInfo, InstanceState
 
 log = logging.getLogger("nfsteer.store")
 
@@ -100,44 +100,6 @@ def connect(url: str) -> redis.Redis:
         # pipeline reply it came in.
         encoding_errors="replace",
     )
-
-
-@dataclass
-class PoolSnapshot:
-    """A consistent copy of one pool: taken from the controller to be saved, or read back."""
-
-    name: str
-    kind: str
-    n_slots: int
-    basis: int
-    epoch: int
-    assignment: list[str | None]
-    instances: dict[str, InstanceInfo]
-    sources: dict[str, str] = field(default_factory=dict)
-    term: int = 0  # the leader's term it was taken under (its saves are fenced by it)
-
-    @classmethod
-    def of(
-        cls, pool: PoolState, sources: Mapping[str, str] | None = None, term: int = 0
-    ) -> PoolSnapshot:
-        return cls(
-            name=pool.name,
-            kind=pool.kind,
-            n_slots=pool.n_slots,
-            basis=pool.basis,
-            epoch=pool.epoch,
-            assignment=list(pool.assignment),
-            instances={n: dataclasses.replace(i) for n, i in pool.instances.items()},
-            sources=dict(sources or {}),
-            term=term,
-        )
-
-    def slot_counts(self) -> dict[str, int]:
-        counts = dict.fromkeys(self.instances, 0)
-        for owner in self.assignment:
-            if owner is not None:
-                counts[owner] = counts.get(owner, 0) + 1
-        return counts
 
 
 def instance_to_json(info: InstanceInfo, source: str) -> str:

@@ -24,7 +24,7 @@ from controller import cli
 
 NFSTEER = REPO / ".venv" / "bin" / "nfsteer"
 UNITS = {
-    "nfsteer-controller.ofp.service": "nfsteer-controller.ofp.service",
+    "nfsteer-controller.service": "nfsteer-controller.service",
     "nfsteer-nf@.service": "nfsteer-nf@fw1.service",
     "nfsteer-redis@.service": "nfsteer-redis@main.service",
     "nfsteer-sentinel@.service": "nfsteer-sentinel@s1.service",
@@ -127,31 +127,31 @@ def test_units_pass_systemd_analyze_verify(root):
 
 def test_a_wrong_path_or_key_in_a_unit_fails_verify(root, tmp_path):
     require(shutil.which("systemd-analyze") is not None, "systemd-analyze (Debian systemd)")
-    unit = (root / "etc/systemd/system/nfsteer-controller.ofp.service").read_text()
+    unit = (root / "etc/systemd/system/nfsteer-controller.service").read_text()
     bad = tmp_path / "bad"
     bad.mkdir()
-    (bad / "nfsteer-controller.ofp.service").write_text(unit.replace(str(NFSTEER), "/nonexistent"))
+    (bad / "nfsteer-controller.service").write_text(unit.replace(str(NFSTEER), "/nonexistent"))
     r = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(bad / "nfsteer-controller.ofp.service")],
+        ["systemd-analyze", "verify", "--man=no", str(bad / "nfsteer-controller.service")],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert r.returncode != 0 and "/nonexistent" in r.stderr
-    (bad / "nfsteer-controller.ofp.service").write_text(
+    (bad / "nfsteer-controller.service").write_text(
         unit.replace("EnvironmentFile=", "EnvFile=")
     )
     r = subprocess.run(
-        ["systemd-analyze", "verify", "--man=no", str(bad / "nfsteer-controller.ofp.service")],
+        ["systemd-analyze", "verify", "--man=no", str(bad / "nfsteer-controller.service")],
         capture_output=True,
         text=True,
         timeout=60,
     )
     assert "Unknown key 'EnvFile'" in r.stderr  # exit status 0: the test checks the output
     moved = unit.replace("/etc/nfsteer/secrets/api-token", "/etc/nfsteer/api-token")
-    (bad / "nfsteer-controller.ofp.service").write_text(moved)
-    assert problems(root, bad / "nfsteer-controller.ofp.service", "x") == [
-        "nfsteer-controller.ofp.service: LoadCredential=api-token:/etc/nfsteer/api-token: "
+    (bad / "nfsteer-controller.service").write_text(moved)
+    assert problems(root, bad / "nfsteer-controller.service", "x") == [
+        "nfsteer-controller.service: LoadCredential=api-token:/etc/nfsteer/api-token: "
         f"{root}/etc/nfsteer/api-token missing"
     ]
 
@@ -186,7 +186,7 @@ def test_nfsteer_command_lines_are_accepted_by_the_parser(root, monkeypatch):
     unitdir = root / "etc" / "systemd" / "system"
     share = root / "usr" / "local" / "share" / "nfsteer"
     envs = {
-        "nfsteer-controller.ofp.service": env_file(root / "etc/nfsteer/controller.env"),
+        "nfsteer-controller.service": env_file(root / "etc/nfsteer/controller.env"),
         "nfsteer-nf@.service": env_file(share / "examples" / "nf.env.example"),
     }
     controller_help = subprocess.run(
@@ -262,7 +262,7 @@ def test_the_units_command_lines_start_a_controller_and_an_nf(root, redis_server
     env = {**env_file(etc / "controller.env"), "NFSTEER_TOPOLOGY": str(topo)}
     env.update(NFSTEER_API=api, NFSTEER_LISTEN=f"127.0.0.1:{free_port()}")
     (etc / "secrets" / "redis-url").write_text(redis_server.url + "\n")
-    ctl = run_unit_command(root, "nfsteer-controller.ofp.service", env, "", etc / "secrets")
+    ctl = run_unit_command(root, "nfsteer-controller.service", env, "", etc / "secrets")
     share = root / "usr" / "local" / "share" / "nfsteer"
     r = redis_py.Redis.from_url(redis_server.url, decode_responses=True)
     try:
