@@ -89,6 +89,7 @@ class Membership:
         self._wake = threading.Event()
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
+        self._pubsub: redis.client.PubSub | None = None
         app.set_store_sink(self.accept)
 
     # -- the core's state, for the API, metrics and tests -------------------------------------
@@ -128,6 +129,7 @@ class Membership:
             snapshots = ()
         self.restored = True
         self.app.tell(ev.PoolsRead(snapshots, startup=True))
+        self._carry_out_outbox(flush=False)  # saves wait for the term
         return True
 
     def start(self) -> None:
@@ -200,6 +202,7 @@ class Membership:
             pubsub = None
             try:
                 pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
+                self._pubsub = pubsub
                 pubsub.psubscribe(keys.events_pattern())
                 backoff = POLL_INTERVAL_S
                 while not self._stop.is_set():
@@ -314,7 +317,7 @@ class Membership:
 
     # -- the core's outputs -------------------------------------------------------------------
 
-    def _carry_out_outbox(self) -> None:
+    def _carry_out_outbox(self, flush: bool = True) -> None:
         """Do what the core asked of the store, in order; then save the changed pools."""
         with self._lock:
             while True:
@@ -323,7 +326,8 @@ class Membership:
                 except queue.Empty:
                     break
                 self._carry_out(out)
-            self._flush()
+            if flush:
+                self._flush()
 
     def _carry_out(self, out: ev.StoreOutput) -> None:
         match out:
