@@ -138,9 +138,7 @@ def test_a_wrong_path_or_key_in_a_unit_fails_verify(root, tmp_path):
         timeout=60,
     )
     assert r.returncode != 0 and "/nonexistent" in r.stderr
-    (bad / "nfsteer-controller.service").write_text(
-        unit.replace("EnvironmentFile=", "EnvFile=")
-    )
+    (bad / "nfsteer-controller.service").write_text(unit.replace("EnvironmentFile=", "EnvFile="))
     r = subprocess.run(
         ["systemd-analyze", "verify", "--man=no", str(bad / "nfsteer-controller.service")],
         capture_output=True,
