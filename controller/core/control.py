@@ -56,7 +56,7 @@ class Core:
         self.loads = LoadMoves(ctx, self.programming)
         self.switches = Switches(ctx, self.programming, self.roles, self.loads.switch_gone)
         self.roster = Roster(ctx, self.programming, heartbeat_ttl_s)
-        self.programming.listeners += [self.loads.record, self.roster.on_change]
+        self.programming.listeners += [self.loads.record, self.roster.saves.on_change]
         self._next_port_stats = 0.0
 
     # -- what the adapter and readers use ---------------------------------------------------
@@ -149,7 +149,7 @@ class Core:
             case ev.LivenessRestart():
                 self.roster.liveness.restart(self.ctx.now, grace=event.grace)
             case ev.SaveAll():
-                self.roster.save_all()
+                self.roster.saves.save_all()
             case ev.StoredEpochs():
                 self.roster.stored_epochs(event)
             case ev.PoolSaved():

@@ -341,14 +341,6 @@ class Confirmed:
 
 
 @dataclass(frozen=True)
-class PoolsChanged:
-    """Pool state changed: listeners (the store writer, load records) are told."""
-
-    changes: tuple[PoolChange, ...]
-    reason: str
-
-
-@dataclass(frozen=True)
 class SyncChanged:
     """A switch became (or stopped being) in sync: programmed, confirmed, ours to program."""
 
@@ -418,6 +410,4 @@ StoreOutput = (
     SavePool | RetireRegistration | RestoreRegistrations | ReadRegistration | CheckRegistered
     | Reject
 )  # fmt: skip
-Output = (
-    Send | Disconnect | Applied | Confirmed | PoolsChanged | SyncChanged | NewTerm | StoreOutput
-)
+Output = Send | Disconnect | Applied | Confirmed | SyncChanged | NewTerm | StoreOutput

@@ -9,7 +9,7 @@ from collections.abc import Callable
 
 from controller.core import flows as fl
 from controller.core.context import Context, Switch
-from controller.core.events import Applied, BarrierReply, Change, Confirmed, PoolsChanged
+from controller.core.events import Applied, BarrierReply, Change, Confirmed
 from controller.core.state import PoolChange
 from controller.core.switchsync import Phase
 
@@ -66,7 +66,6 @@ class Programming:
         ctx.emit(Applied(number, changes))
         for listener in self.listeners:
             listener(changes, change.reason)
-        ctx.emit(PoolsChanged(changes, change.reason))
         self._settle(number)
         return number
 

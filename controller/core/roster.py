@@ -13,15 +13,14 @@ from __future__ import annotations
 import logging
 from collections.abc import Mapping
 
-from contract import keys
 from controller.core import events as ev
 from controller.core import liveness as lv
 from controller.core.context import Context
 from controller.core.membership_rules import Action, Decision, decide
+from controller.core.pool_saves import PoolSaves
 from controller.core.programming import Programming
 from controller.core.roster_restore import restore_pool
-from controller.core.snapshot import PoolSnapshot
-from controller.core.state import InstanceInfo, InstanceState, PoolChange, SteeringError
+from controller.core.state import InstanceInfo, InstanceState, SteeringError
 
 log = logging.getLogger("nfsteer.membership")
 LIVE = (InstanceState.ACTIVE, InstanceState.DRAINING)
@@ -33,18 +32,22 @@ class Roster:
         self.ctx = ctx
         self.programming = programming
         self.liveness = lv.Liveness(ttl_s=heartbeat_ttl_s)
-        self.drain_grace_s = keys.DRAIN_GRACE_S
         # How each instance joined: "topology", "registered" or "api". Saved with the state.
         self.sources: dict[Member, str] = {
             (p, n): "topology" for p, ps in ctx.steering.pools.items() for n in ps.instances
         }
+        self.saves = PoolSaves(ctx, self.sources)
         self.registrations: dict[Member, dict[str, str]] = {}  # last registration hash seen
         self.heartbeat_failures = 0
-        self.states: dict[Member, InstanceState] = {}
-        self.drain_deadline: dict[Member, float] = {}
         self._ignored: set[Member] = set()
-        self._empty_pools: set[str] = set()
-        self.remember_states()
+
+    @property
+    def drain_grace_s(self) -> float:
+        return self.saves.drain_grace_s
+
+    @drain_grace_s.setter
+    def drain_grace_s(self, seconds: float) -> None:
+        self.saves.drain_grace_s = seconds
 
     def registered(self) -> tuple[Member, ...]:
         """Instances whose liveness comes from heartbeats."""
@@ -57,14 +60,14 @@ class Roster:
             for pool, field, why in restore_pool(self.ctx.steering, snap, self.sources,
                                                  quiet=not event.startup):  # fmt: skip
                 self.ctx.emit(ev.Reject(pool, field, why))
-        self.remember_states()
+        self.saves.remember_states()
         self.ctx.changed = True
         if event.startup:  # a drain that was under way goes on, with a fresh grace period
             deadline = self.ctx.now + self.drain_grace_s
-            for member, state in self.states.items():
+            for member, state in self.saves.states.items():
                 if state is InstanceState.DRAINING:
-                    self.drain_deadline[member] = deadline
-            self.save_all()
+                    self.saves.drain_deadline[member] = deadline
+            self.saves.save_all()
 
     def stored_epochs(self, event: ev.StoredEpochs) -> None:
         """Started without the store: the switches follow our state by now, so it is written
@@ -90,65 +93,6 @@ class Roster:
             if m[0] in event.pools and self.sources.get(m) == "registered"
         }
         self.ctx.emit(ev.RestoreRegistrations(event.pools, regs))
-
-    # -- saving -------------------------------------------------------------------------------
-
-    def on_change(self, changes: tuple[PoolChange, ...], reason: str) -> None:
-        """Snapshot changed pools for saving; track state transitions (the leader only)."""
-        if not self.ctx.leading():
-            return
-        for pool in sorted({c.pool for c in changes}):
-            self.ctx.emit(ev.SavePool(self._snapshot(pool)))
-            self._transitions(pool, reason)
-
-    def save_all(self) -> None:
-        for pool in self.ctx.steering.pools:
-            self.ctx.emit(ev.SavePool(self._snapshot(pool)))
-
-    def _snapshot(self, pool: str) -> PoolSnapshot:
-        sources = {n: s for (p, n), s in self.sources.items() if p == pool}
-        lease = self.ctx.lease
-        term = 0 if lease is None else lease.term
-        return PoolSnapshot.of(self.ctx.steering.pools[pool], sources, term)
-
-    def _transitions(self, pool: str, reason: str) -> None:
-        instances = self.ctx.steering.pools[pool].instances
-        for name, info in instances.items():
-            before = self.states.get((pool, name))
-            if before is not info.state:
-                log.info(
-                    "%s/%s: %s -> %s (%s)", pool, name, before or "new", info.state, reason,
-                    extra={"pool": pool, "instance": name, "state": info.state.value},
-                )  # fmt: skip
-                if info.state is InstanceState.DRAINING:
-                    self.drain_deadline[(pool, name)] = self.ctx.now + self.drain_grace_s
-                else:
-                    self.drain_deadline.pop((pool, name), None)
-            self.states[(pool, name)] = info.state
-        for member in [m for m in self.states if m[0] == pool and m[1] not in instances]:
-            log.info(
-                "%s/%s: removed (%s)", pool, member[1], reason,
-                extra={"pool": pool, "instance": member[1]},
-            )  # fmt: skip
-            del self.states[member]
-            self.drain_deadline.pop(member, None)
-        active = any(i.state is InstanceState.ACTIVE and i.located for i in instances.values())
-        if not active and pool not in self._empty_pools:
-            self._empty_pools.add(pool)
-            log.warning(
-                "pool %s has no active instance: its service traffic is dropped", pool,
-                extra={"pool": pool},
-            )  # fmt: skip
-        elif active and pool in self._empty_pools:
-            self._empty_pools.discard(pool)
-            log.info("pool %s has an active instance: serving its traffic", pool)
-
-    def remember_states(self) -> None:
-        pools = self.ctx.steering.pools
-        self.states = {(p, n): i.state for p, ps in pools.items() for n, i in ps.instances.items()}
-        self._empty_pools = {
-            p for p, ps in pools.items() if ps.instances and not ps.active_capacities()
-        }
 
     # -- decisions ----------------------------------------------------------------------------
 
@@ -299,9 +243,10 @@ class Roster:
         if not self.ctx.leading():
             return
         self._revive_ports()
-        due = [m for m, t in self.drain_deadline.items() if t <= self.ctx.now]
+        deadlines = self.saves.drain_deadline
+        due = [m for m, t in deadlines.items() if t <= self.ctx.now]
         for pool, name in due:
-            del self.drain_deadline[(pool, name)]
+            del deadlines[(pool, name)]
             log.info("%s/%s: drain grace period over: removing it", pool, name)
             gone = lv.remove(pool, name, self.ctx.wall, (InstanceState.DRAINING,))
             self._apply((pool, name), gone, "drain grace period over")

@@ -154,7 +154,7 @@ class Steering:
 
     def add_instance(self, info: InstanceInfo, now: float) -> PoolChange:
         ps = self.pool(info.pool)
-        new = self._validated_info(info)
+        new = validated_info(info, self.topology)
         old = ps.instances.get(new.name)
         where = (new.switch, new.port)
         if new.located:
@@ -166,7 +166,7 @@ class Steering:
                 )
             if new.switch not in self.topology.switches:
                 raise SteeringError(f"unknown switch {new.switch!r}")
-            taken = self._fixed_ports().get(where)
+            taken = fixed_ports(self.topology).get(where)
             if taken is not None and taken != new.name:
                 raise SteeringError(f"port {new.switch}:{new.port} is used by {taken!r}")
         self._check_addresses(new, ps.instances)
@@ -255,8 +255,8 @@ class Steering:
         for key, info in instances.items():
             if info.name != key or info.pool != pool:
                 raise SteeringError(f"instance {key!r} is not named {key!r} in pool {pool!r}")
-            checked[key] = self._validated_info(info)
-        fixed = self._fixed_ports()
+            checked[key] = validated_info(info, self.topology)
+        fixed = fixed_ports(self.topology)
         used: dict[tuple[str | None, int | None], str] = {}
         for info in checked.values():
             self._check_addresses(info, checked)
@@ -287,64 +287,14 @@ class Steering:
 
     # -- internals -------------------------------------------------------------------------
 
-    def _fixed_ports(self) -> dict[tuple[str, int], str]:
-        """Ports that the topology gives to hosts and links (instances may not take them)."""
-        out: dict[tuple[str, int], str] = {}
-        for hname, h in self.topology.hosts.items():
-            out[(h.switch, h.port)] = hname
-        for i, link in enumerate(self.topology.links):
-            out[(link.a, link.a_port)] = f"links[{i}]"
-            out[(link.b, link.b_port)] = f"links[{i}]"
-        return out
-
     def check_instance(self, info: InstanceInfo) -> InstanceInfo:
         """``info`` checked on its own (values, switch, not a host's or link's port);
         raises SteeringError. Used for records read back from the store."""
-        new = self._validated_info(info)
-        taken = self._fixed_ports().get((new.switch, new.port))  # type: ignore[arg-type]
+        new = validated_info(info, self.topology)
+        taken = fixed_ports(self.topology).get((new.switch, new.port))  # type: ignore[arg-type]
         if new.located and taken is not None:
             raise SteeringError(f"port {new.switch}:{new.port} is used by {taken!r}")
         return new
-
-    def _validated_info(self, info: InstanceInfo) -> InstanceInfo:
-        """A copy of ``info`` with every field checked by the shared value types, so
-        that nothing the flow programming cannot encode ever enters the state."""
-        if not is_name(info.name):
-            raise SteeringError(f"invalid instance name {_short(info.name)}")
-        try:
-            mac = values.mac(info.mac)
-        except ValueError as e:
-            raise SteeringError(f"instance {info.name!r}: invalid MAC: {e}") from None
-        try:
-            ip = values.host_ipv4(_ip_address(info.ip) if isinstance(info.ip, str) else info.ip)
-        except ValueError as e:
-            raise SteeringError(f"instance {info.name!r}: invalid IPv4 address: {e}") from None
-        if (info.switch is None) != (info.port is None):
-            raise SteeringError(f"instance {info.name!r}: give both switch and port, or neither")
-        if info.port is not None and (
-            isinstance(info.port, bool)
-            or not isinstance(info.port, int)
-            or not 1 <= info.port <= values.MAX_PORT
-        ):
-            raise SteeringError(f"instance {info.name!r}: invalid port {_short(info.port)}")
-        if info.switch is not None and info.switch not in self.topology.switches:
-            raise SteeringError(f"unknown switch {_short(info.switch)}")
-        try:
-            state = InstanceState(info.state)
-        except ValueError:
-            raise SteeringError(f"instance {info.name!r}: unknown state {info.state!r}") from None
-        if info.last_heartbeat is not None and (
-            isinstance(info.last_heartbeat, bool)
-            or not isinstance(info.last_heartbeat, int | float)
-            or not math.isfinite(info.last_heartbeat)
-        ):
-            raise SteeringError(f"instance {info.name!r}: invalid last_heartbeat")
-        out = copy.copy(info)
-        out.mac = mac
-        out.ip = ip
-        out.state = state
-        out.capacity = _check_capacity(info.capacity)
-        return out
 
     def _check_addresses(self, new: InstanceInfo, instances: dict[str, InstanceInfo]) -> None:
         """An instance's MAC and address are its own (not another host's or instance's),
@@ -407,3 +357,55 @@ def _check_capacity(capacity: float) -> float:
     if not math.isfinite(capacity) or capacity <= 0 or capacity > MAX_CAPACITY:
         raise SteeringError(f"capacity must be > 0 and <= {MAX_CAPACITY}, not {capacity!r}")
     return float(capacity)
+
+
+def fixed_ports(topology: Topology) -> dict[tuple[str, int], str]:
+    """Ports that the topology gives to hosts and links (instances may not take them)."""
+    out: dict[tuple[str, int], str] = {}
+    for hname, h in topology.hosts.items():
+        out[(h.switch, h.port)] = hname
+    for i, link in enumerate(topology.links):
+        out[(link.a, link.a_port)] = f"links[{i}]"
+        out[(link.b, link.b_port)] = f"links[{i}]"
+    return out
+
+
+def validated_info(info: InstanceInfo, topology: Topology) -> InstanceInfo:
+    """A copy of ``info`` with every field checked by the shared value types, so
+    that nothing the flow programming cannot encode ever enters the state."""
+    if not is_name(info.name):
+        raise SteeringError(f"invalid instance name {_short(info.name)}")
+    try:
+        mac = values.mac(info.mac)
+    except ValueError as e:
+        raise SteeringError(f"instance {info.name!r}: invalid MAC: {e}") from None
+    try:
+        ip = values.host_ipv4(_ip_address(info.ip) if isinstance(info.ip, str) else info.ip)
+    except ValueError as e:
+        raise SteeringError(f"instance {info.name!r}: invalid IPv4 address: {e}") from None
+    if (info.switch is None) != (info.port is None):
+        raise SteeringError(f"instance {info.name!r}: give both switch and port, or neither")
+    if info.port is not None and (
+        isinstance(info.port, bool)
+        or not isinstance(info.port, int)
+        or not 1 <= info.port <= values.MAX_PORT
+    ):
+        raise SteeringError(f"instance {info.name!r}: invalid port {_short(info.port)}")
+    if info.switch is not None and info.switch not in topology.switches:
+        raise SteeringError(f"unknown switch {_short(info.switch)}")
+    try:
+        state = InstanceState(info.state)
+    except ValueError:
+        raise SteeringError(f"instance {info.name!r}: unknown state {info.state!r}") from None
+    if info.last_heartbeat is not None and (
+        isinstance(info.last_heartbeat, bool)
+        or not isinstance(info.last_heartbeat, int | float)
+        or not math.isfinite(info.last_heartbeat)
+    ):
+        raise SteeringError(f"instance {info.name!r}: invalid last_heartbeat")
+    out = copy.copy(info)
+    out.mac = mac
+    out.ip = ip
+    out.state = state
+    out.capacity = _check_capacity(info.capacity)
+    return out

@@ -33,7 +33,7 @@ from controller.core.leadership import Lease
 from controller.core.roster import Roster
 from controller.core.state import PoolChange, Steering
 from controller.core.topology import Routes
-from controller.ofp.loop import ApplyResult, Listener, Loop
+from controller.ofp.loop import ApplyResult, Loop
 from controller.ofp.options import Options
 
 LOG = logging.getLogger("nfsteer.controller")
@@ -159,9 +159,6 @@ class SteeringApp(app_manager.OSKenApp):
         from any thread. The mutation's exception is raised to the caller."""
         return self.loop.call(lambda: self.loop.apply(ev.Change(mutation, reason)))
 
-    def add_listener(self, fn: Listener) -> None:
-        self.loop.listeners.append(fn)
-
     def submit(self, event: ev.Input) -> None:
         """An input for the core, handled in the loop soon (any thread)."""
         self.loop.submit(event)
@@ -177,11 +174,6 @@ class SteeringApp(app_manager.OSKenApp):
     @property
     def roster(self) -> Roster:
         return self.core.roster
-
-    def mark_changed(self) -> None:
-        self.core.mark_changed()
-
-    # -- readers (any thread) -----------------------------------------------------------------
 
     def view(self) -> View:
         return self.loop.view()

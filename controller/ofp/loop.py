@@ -3,7 +3,7 @@
 OpenFlow events (from os-ken's thread), functions to run (API changes, membership
 decisions, from their threads) and the loop's own timer all go through one queue; the
 loop turns each into the core's inputs, carries out the outputs (messages to switches,
-answers to waiting callers, change listeners) and publishes an immutable view for readers
+answers to waiting callers, the store's work) and publishes an immutable view for readers
 in other threads. No lock guards the core: only this thread touches it.
 
 No failure ends the loop: it is logged with the event that caused it and contained to that
@@ -35,7 +35,6 @@ FAILURE_WINDOW_S = 30.0  # ... and for this long after a handler failed
 CALL_TIMEOUT_S = 30.0  # a caller waits this long for the loop to run its function
 
 T = TypeVar("T")
-Listener = Callable[[list[PoolChange], str], None]
 
 
 class ApplyResult:
@@ -81,7 +80,6 @@ class Loop:
         self.on_fatal = on_fatal
         self.loop_turned = time.monotonic()
         self.last_failure: tuple[float, str] | None = None  # (when, what)
-        self.listeners: list[Listener] = []
         self.store_sink: Callable[[ev.StoreOutput], None] | None = None
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
@@ -214,12 +212,6 @@ class Loop:
                 result = self._results.pop(out.change, None)
                 if result is not None:
                     result.confirm(out.at)
-            case ev.PoolsChanged():
-                for fn in list(self.listeners):
-                    try:
-                        fn(list(out.changes), out.reason)
-                    except Exception:
-                        LOG.exception("change listener %r failed", fn)
             case ev.SyncChanged():
                 event = self._synced[out.switch]
                 event.set() if out.synced else event.clear()

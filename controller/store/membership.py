@@ -14,17 +14,16 @@ The controller side of the registration contract in ``contract/keys.py``:
 
 The two threads only read and write the store. What they read goes to the controller's
 loop as typed inputs; every decision is the control core's (:mod:`controller.core.roster`),
-and what it asks of the store (saves, reads, retired registrations) comes back as outputs
-through :meth:`Membership.accept`. While the store is unreachable nothing is failed for a
-missing heartbeat: the switch keeps its flows (fail-static) and port-status failover keeps
-working from memory.
+and what it asks of the store (saves, reads, retired registrations) comes back as outputs,
+carried out by :class:`~controller.store.outbox.StoreOutbox`. While the store is unreachable
+nothing is failed for a missing heartbeat: the switch keeps its flows (fail-static) and
+port-status failover keeps working from memory.
 """
 
 from __future__ import annotations
 
 import contextlib
 import logging
-import queue
 import threading
 import time
 from collections.abc import Callable, Mapping
@@ -39,7 +38,8 @@ from controller.core.control import View
 from controller.core.liveness import Liveness, Member
 from controller.core.roster import Roster
 from controller.core.snapshot import PoolSnapshot
-from controller.store.pools import Fenced, Store, StoreUnavailable
+from controller.store.outbox import StoreOutbox
+from controller.store.pools import Store, StoreUnavailable
 
 __all__ = ["POLL_INTERVAL_S", "Liveness", "Membership"]
 
@@ -81,16 +81,12 @@ class Membership:
         self.scan_interval_s = scan_interval_s
         self.pools = list(app.view().pools)
         self.restored = False  # state was loaded from the store (or the store was empty)
-        self._outbox: queue.SimpleQueue[ev.StoreOutput] = queue.SimpleQueue()
-        self._lock = threading.Lock()  # the outbox's consumers; guards _dirty, _save_error
-        self._dirty: dict[str, PoolSnapshot] = {}
-        self._save_error: str | None = None
-        self._saved: set[str] = set()  # pools written to the store at least once
         self._wake = threading.Event()
+        self.outbox = StoreOutbox(app, store, self._read_registration, self._wake)
         self._stop = threading.Event()
         self._threads: list[threading.Thread] = []
         self._pubsub: redis.client.PubSub | None = None
-        app.set_store_sink(self.accept)
+        app.set_store_sink(self.outbox.accept)
 
     # -- the core's state, for the API, metrics and tests -------------------------------------
 
@@ -129,7 +125,7 @@ class Membership:
             snapshots = ()
         self.restored = True
         self.app.tell(ev.PoolsRead(snapshots, startup=True))
-        self._carry_out_outbox(flush=False)  # saves wait for the term
+        self.outbox.carry_out(flush=False)  # saves wait for the term
         return True
 
     def start(self) -> None:
@@ -161,18 +157,9 @@ class Membership:
 
     def health(self) -> list[str]:
         """Problems for /healthz: pool state that could not be saved."""
-        with self._lock:
-            pending, error = sorted(self._dirty), self._save_error
-        if pending and error:
-            return [f"pool state of {', '.join(pending)} not saved to redis: {error}"]
-        return []
+        return self.outbox.health()
 
     # -- from the loop ------------------------------------------------------------------------
-
-    def accept(self, out: ev.StoreOutput) -> None:
-        """An output of the core for the store (in the loop: must not block)."""
-        self._outbox.put(out)
-        self._wake.set()
 
     def take_over(self) -> None:
         """This controller leads a new term: adopt the pool state as the last leader left
@@ -192,7 +179,7 @@ class Membership:
         that neither the scan nor its heartbeat brings it back."""
         self.app.tell(ev.Retire(pool, name))
         with contextlib.suppress(StoreUnavailable):
-            self._carry_out_outbox()
+            self.outbox.carry_out()
 
     # -- the pub/sub thread -------------------------------------------------------------------
 
@@ -267,11 +254,11 @@ class Membership:
                     self._recovered()
                     was_up = True
                     next_scan = 0.0
-                self._carry_out_outbox()
+                self.outbox.carry_out()
                 if now >= next_poll:
                     members = self.app.view().registered
                     self.app.tell(ev.HeartbeatsRead(self.store.heartbeats(members)))
-                    self._carry_out_outbox()
+                    self.outbox.carry_out()
                     next_poll = now + self.poll_interval_s
                 if now >= next_scan:
                     self._scan()
@@ -280,8 +267,7 @@ class Membership:
                 timeout = max(0.0, min(next_poll, next_scan) - time.monotonic())
             except StoreUnavailable as e:
                 was_up = False
-                with self._lock:
-                    self._save_error = f"redis unreachable ({e})"
+                self.outbox.save_error = f"redis unreachable ({e})"
                 timeout = backoff
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
             except Exception:
@@ -299,7 +285,7 @@ class Membership:
         listed = [(p, n) for p, ms in regs.items() for n in ms]
         beats = self.store.heartbeats(listed)
         self.app.tell(ev.ScanRead(regs, beats, frozenset(unreadable)))
-        self._carry_out_outbox()
+        self.outbox.carry_out()
 
     def _recovered(self) -> None:
         """The store is reachable (again): load or write back state, restore lost data."""
@@ -308,73 +294,10 @@ class Membership:
             self.app.tell(ev.StoredEpochs(epochs))
             self.restored = True
         # Saved before but gone now: the store restarted empty (not merely unreachable).
-        lost = tuple(p for p in sorted(self._saved) if self.store.stored_epoch(p) is None)
+        saved = sorted(self.outbox.saved)
+        lost = tuple(p for p in saved if self.store.stored_epoch(p) is None)
         if lost:
             self.app.tell(ev.StoreEmptied(lost))
         self.app.tell(ev.LivenessRestart(grace=True))
         self.app.tell(ev.SaveAll())
-        self._carry_out_outbox()
-
-    # -- the core's outputs -------------------------------------------------------------------
-
-    def _carry_out_outbox(self, flush: bool = True) -> None:
-        """Do what the core asked of the store, in order; then save the changed pools."""
-        with self._lock:
-            while True:
-                try:
-                    out = self._outbox.get_nowait()
-                except queue.Empty:
-                    break
-                self._carry_out(out)
-            if flush:
-                self._flush()
-
-    def _carry_out(self, out: ev.StoreOutput) -> None:
-        match out:
-            case ev.SavePool():
-                self._dirty[out.snapshot.name] = out.snapshot  # a newer snapshot wins
-            case ev.ReadRegistration():
-                self._read_registration(out.pool, out.name, out.reason)
-            case ev.CheckRegistered():
-                # {}: none (it deregistered); None: unreadable, which is not a deregistration
-                registered = self.store.registration(out.pool, out.name) != {}
-                self.app.tell(ev.HeartbeatLost(out.pool, out.name, registered))
-            case ev.Reject():
-                self.store.reject(out.pool, out.field, out.why)
-            case ev.RetireRegistration():
-                with contextlib.suppress(StoreUnavailable):
-                    self.store.retire_registration(out.pool, out.name)
-            case ev.RestoreRegistrations():
-                n = self.store.restore_registrations(out.registrations)
-                log.warning(
-                    "redis holds no state for pools %s: writing it back (%d registrations)",
-                    ", ".join(out.pools), n,
-                )  # fmt: skip
-
-    def _flush(self) -> None:
-        """Save the changed pools, each fenced by the term it was taken under (lock held)."""
-        dirty, self._dirty = self._dirty, {}
-        lease = self.app.view().lease
-        term = 0 if lease is None else lease.term
-        try:
-            for pool, snap in list(dirty.items()):
-                if snap.term != term:  # taken under another term: not ours to write
-                    del dirty[pool]
-                    continue
-                newer = self.store.save_pool(snap)
-                self._saved.add(pool)
-                if newer is not None:
-                    self.app.submit(ev.PoolSaved(pool, snap.epoch, newer))
-                del dirty[pool]
-        except Fenced as e:
-            # A newer leader wrote this pool: we are stale. Nothing of ours is written.
-            dirty.clear()
-            self.app.submit(ev.Fenced(f"the store refused a save: {e}", e.term))
-            return
-        except Exception as e:
-            self._save_error = str(e) or type(e).__name__
-            raise
-        finally:
-            for pool, snap in dirty.items():  # keep what was not written
-                self._dirty.setdefault(pool, snap)
-        self._save_error = None
+        self.outbox.carry_out()

@@ -354,59 +354,7 @@ class Store:
             p.get(keys.fence(pool))
             return p.execute(raise_on_error=False)
 
-        epoch_raw, assignment, records, meta, fence_raw = self.call(run)
-        for key, value in (("epoch", epoch_raw), ("assignment", assignment)):
-            if isinstance(value, Exception):
-                self.reject(pool, key, f"wrong type ({short(str(value))})")
-                return None
-        for key, value in (("instances", records), ("meta", meta)):
-            if isinstance(value, Exception):
-                self.reject(pool, key, f"wrong type ({short(str(value))})")
-                records = {} if key == "instances" else records
-                if key == "meta":
-                    return None
-        if epoch_raw is None or assignment is None or not meta:
-            return None
-        try:
-            epoch = parse_epoch(epoch_raw)
-        except ValueError as e:
-            self.reject(pool, "epoch", str(e))
-            return None
-        try:
-            owners = json.loads(assignment)
-        except ValueError:
-            owners = None
-        if not isinstance(owners, list) or not all(o is None or is_name(o) for o in owners):
-            self.reject(pool, "assignment", "not a JSON list of instance names")
-            return None
-        try:
-            kind, n_slots = meta["kind"], int(meta["n_slots"])
-            basis = int(meta.get("basis", "0"))
-        except (KeyError, ValueError):
-            self.reject(pool, "meta", f"malformed: {short(meta, 80)}")
-            return None
-        instances: dict[str, InstanceInfo] = {}
-        sources: dict[str, str] = {}
-        for name, text in records.items():
-            try:
-                info, source = instance_from_json(text)
-                if info.name != name or info.pool != pool:
-                    raise ValueError(f"record of {info.pool}/{info.name} under {short(name)}")
-            except ValueError as e:
-                self.reject(pool, "instances", f"{short(name)}: {e}")
-                continue
-            instances[name], sources[name] = info, source
-        return PoolSnapshot(
-            name=pool,
-            kind=kind,
-            n_slots=n_slots,
-            basis=basis,
-            epoch=epoch,
-            assignment=owners,
-            instances=instances,
-            sources=sources,
-            term=_term(fence_raw),
-        )
+        return parse_pool(pool, self.call(run), self.reject)
 
     def stored_epoch(self, pool: str) -> int | None:
         """The saved epoch; None when there is none or it is malformed (counted)."""
@@ -551,3 +499,63 @@ class Store:
         from contract.storeurl import close_client
 
         close_client(self.client)
+
+
+def parse_pool(
+    pool: str, replies: list[Any], reject: Callable[[str, str, str], None]
+) -> PoolSnapshot | None:
+    """A saved pool from the replies of its read (see :meth:`Store.load_pool`); bad values
+    are handed to ``reject``."""
+    epoch_raw, assignment, records, meta, fence_raw = replies
+    for key, value in (("epoch", epoch_raw), ("assignment", assignment)):
+        if isinstance(value, Exception):
+            reject(pool, key, f"wrong type ({short(str(value))})")
+            return None
+    for key, value in (("instances", records), ("meta", meta)):
+        if isinstance(value, Exception):
+            reject(pool, key, f"wrong type ({short(str(value))})")
+            records = {} if key == "instances" else records
+            if key == "meta":
+                return None
+    if epoch_raw is None or assignment is None or not meta:
+        return None
+    try:
+        epoch = parse_epoch(epoch_raw)
+    except ValueError as e:
+        reject(pool, "epoch", str(e))
+        return None
+    try:
+        owners = json.loads(assignment)
+    except ValueError:
+        owners = None
+    if not isinstance(owners, list) or not all(o is None or is_name(o) for o in owners):
+        reject(pool, "assignment", "not a JSON list of instance names")
+        return None
+    try:
+        kind, n_slots = meta["kind"], int(meta["n_slots"])
+        basis = int(meta.get("basis", "0"))
+    except (KeyError, ValueError):
+        reject(pool, "meta", f"malformed: {short(meta, 80)}")
+        return None
+    instances: dict[str, InstanceInfo] = {}
+    sources: dict[str, str] = {}
+    for name, text in records.items():
+        try:
+            info, source = instance_from_json(text)
+            if info.name != name or info.pool != pool:
+                raise ValueError(f"record of {info.pool}/{info.name} under {short(name)}")
+        except ValueError as e:
+            reject(pool, "instances", f"{short(name)}: {e}")
+            continue
+        instances[name], sources[name] = info, source
+    return PoolSnapshot(
+        name=pool,
+        kind=kind,
+        n_slots=n_slots,
+        basis=basis,
+        epoch=epoch,
+        assignment=owners,
+        instances=instances,
+        sources=sources,
+        term=_term(fence_raw),
+    )
