@@ -12,6 +12,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from typing import TYPE_CHECKING, Protocol
@@ -37,6 +39,10 @@ class Controller(Protocol):
     def fatal(self, reason: str) -> None: ...
 
 
+def default_id() -> str:
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 class ElectionError(Exception):
     """This controller cannot take part (e.g. another running controller has its id)."""
 
@@ -56,7 +62,7 @@ class Election:
         self.app = app
         self.store = store
         self.membership = membership
-        self.controller_id = controller_id or leadership.default_id()
+        self.controller_id = controller_id or default_id()
         self.lease_s = lease_ms / 1000
         renew_ms = renew_ms or lease_ms // leadership.RENEWALS_PER_LEASE
         self.renew_s = renew_ms / 1000
