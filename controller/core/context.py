@@ -61,7 +61,8 @@ class Context:
     def __init__(self, topology: Topology, wall: float):
         self.steering = Steering(topology, now=wall)
         self.counters = ControllerCounters()
-        self.switches: dict[str, Switch] = {}
+        self.switches: dict[str, Switch] = {}  # connected, by name
+        self._by_conn: dict[int, Switch] = {}
         self.fabric = fabric_ports(topology)
         self.routes: Routes = compute_routes(topology)
         # The leader's lease when several controllers share a store; None: the only one.
@@ -77,10 +78,17 @@ class Context:
         return self.steering.topology
 
     def by_conn(self, conn: int) -> Switch | None:
-        for sw in self.switches.values():
-            if sw.conn == conn:
-                return sw
-        return None
+        return self._by_conn.get(conn)
+
+    def add_switch(self, sw: Switch) -> None:
+        self.switches[sw.name] = sw
+        self._by_conn[sw.conn] = sw
+
+    def remove_switch(self, sw: Switch) -> None:
+        if self.switches.get(sw.name) is sw:
+            del self.switches[sw.name]
+        if self._by_conn.get(sw.conn) is sw:
+            del self._by_conn[sw.conn]
 
     def send(self, sw: Switch, requests: list[Request]) -> list[int]:
         """Queue requests to a switch, numbering them; returns their xids."""

@@ -66,7 +66,7 @@ class Switches:
         ctx.counters.switch_connects += 1
         ctx.emit(SyncChanged(name, False))
         sw = Switch(conn=ev.conn, sync=SwitchSync(name, ctx.now), address=ev.address)
-        ctx.switches[name] = sw
+        ctx.add_switch(sw)
         ctx.changed = True
         if ctx.lease is None:  # the only controller: the switch's default role will do
             LOG.info("switch %s (dpid %#x) connected from %s: reading its table", name,
@@ -165,8 +165,7 @@ class Switches:
     def forget(self, sw: Switch) -> None:
         """The switch's connection is gone (or dropped): nothing of it is kept."""
         ctx = self.ctx
-        if ctx.switches.get(sw.name) is sw:
-            del ctx.switches[sw.name]
+        ctx.remove_switch(sw)
         ctx.emit(SyncChanged(sw.name, False))
         for key in [k for k in ctx.port_stats if k[0] == sw.name]:
             ctx.port_stats.pop(key, None)

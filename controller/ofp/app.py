@@ -16,7 +16,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from os_ken.base import app_manager
 from os_ken.controller import ofp_event
@@ -35,6 +35,9 @@ from controller.core.state import PoolChange, Steering
 from controller.core.topology import Routes
 from controller.ofp.loop import ApplyResult, Loop
 from controller.ofp.options import Options
+
+if TYPE_CHECKING:
+    from controller.ofp.service import Services
 
 LOG = logging.getLogger("nfsteer.controller")
 EXIT_LOOP_DIED = 70  # EX_SOFTWARE
@@ -61,6 +64,7 @@ class SteeringApp(app_manager.OSKenApp):
         )
         self.loop = Loop(self.core, on_fatal=_exit_process)
         self._services_started = False
+        self.services: Services | None = None  # set while they run
 
     # -- OpenFlow events: to the loop ---------------------------------------------------------
 

@@ -13,20 +13,26 @@ from __future__ import annotations
 
 import logging
 import socket
-import threading
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from controller.api.routes import ApiServer
+    from controller.ofp.app import SteeringApp
+    from controller.store.election import Election
+    from controller.store.membership import Membership
+    from controller.store.pools import Store
 
 log = logging.getLogger("nfsteer.service")
 
 
 @dataclass
 class Services:
-    app: Any
-    store: Any = None
-    membership: Any = None
-    election: Any = None
-    api_server: Any = None
+    app: SteeringApp
+    store: Store | None = None
+    membership: Membership | None = None
+    election: Election | None = None
+    api_server: ApiServer | None = None
 
     def stop(self) -> None:
         if self.api_server is not None:
@@ -43,17 +49,12 @@ class ServiceError(Exception):
     """A service of the controller could not start; the message says which and why."""
 
 
-_running: dict[int, Services] = {}
-_lock = threading.Lock()
-
-
-def services_of(app: Any) -> Services | None:
+def services_of(app: SteeringApp) -> Services | None:
     """The services started for app (tests, benchmarks)."""
-    with _lock:
-        return _running.get(id(app))
+    return app.services
 
 
-def start_services(app: Any) -> Services:
+def start_services(app: SteeringApp) -> Services:
     from controller.api.routes import ApiConfigError, ApiServer, check_listen, create_api
 
     options = app.options
@@ -104,8 +105,7 @@ def start_services(app: Any) -> Services:
             services.stop()
             raise ServiceError(str(e)) from None
         services.membership.start()
-    with _lock:
-        _running[id(app)] = services
+    app.services = services
     return services
 
 
@@ -118,8 +118,7 @@ def advertised_url(host: str, port: int) -> str:
     return f"http://{host}:{port}"
 
 
-def stop_services(app: Any) -> None:
-    with _lock:
-        services = _running.pop(id(app), None)
+def stop_services(app: SteeringApp) -> None:
+    services, app.services = app.services, None
     if services is not None:
         services.stop()
