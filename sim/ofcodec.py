@@ -26,10 +26,13 @@ DP = ofproto_protocol.ProtocolDesc(OFP.OFP_VERSION)
 HEADER = struct.Struct("!BBHI")
 ONF_EXPERIMENTER_ID = 0x4F4E4600
 ONFT_ROLE_STATUS = 1911
+NX_VENDOR_ID = 0x00002320
+NXT_SET_ASYNC_CONFIG2 = 27
 MAX_PART = 60000  # body bytes per multipart reply message (the length field is 16 bits)
 BAD_TYPE = (OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_TYPE)
 BAD_MULTIPART = (OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_MULTIPART)
 BAD_LENGTH = (OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_LEN)
+BAD_EXPERIMENTER = (OFP.OFPET_BAD_REQUEST, OFP.OFPBRC_BAD_EXPERIMENTER)
 ERROR_DATA = 64  # bytes of the offending request an error carries, as OVS sends
 
 Sent = tuple[int, bytes]  # (connection, one message)
@@ -355,9 +358,19 @@ class WireSwitch:
                 return self._encode([(conn, sw.Error(*BAD_LENGTH))], xid, data)
             role, generation = struct.unpack_from("!I4xQ", body)
             return self._encode(s.role_request(conn, role, generation), xid, data)
+        if msg_type == OFP.OFPT_SET_ASYNC:
+            return []  # accepted; see _experimenter
+        if msg_type == OFP.OFPT_EXPERIMENTER:
+            return self._experimenter(conn, data, xid)
         if msg_type == OFP.OFPT_MULTIPART_REQUEST:
             return [(conn, m) for m in self._multipart(conn, data, xid)]
         return self._encode([(conn, sw.Error(*BAD_TYPE))], xid, data)
+
+    def _experimenter(self, conn: int, data: bytes, xid: int) -> list[Sent]:
+        vendor, subtype = struct.unpack_from("!II", data, 8) if len(data) >= 16 else (0, 0)
+        if (vendor, subtype) == (NX_VENDOR_ID, NXT_SET_ASYNC_CONFIG2):
+            return []  # accepted; the model sends no asynchronous message it could filter
+        return self._encode([(conn, sw.Error(*BAD_EXPERIMENTER))], xid, data)
 
     def _multipart(self, conn: int, data: bytes, xid: int) -> list[bytes]:
         kind = struct.unpack_from("!H", data, 8)[0]

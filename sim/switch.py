@@ -228,10 +228,11 @@ class Switch:
                 for other, other_role in self.roles.items():
                     if other_role == ROLE_MASTER:
                         self.roles[other] = ROLE_SLAVE
-                        status = RoleStatus(ROLE_SLAVE, OFPCRR_MASTER_REQUEST, self.generation)
+                        gen = self._generation_or(UINT64 - 1)
+                        status = RoleStatus(ROLE_SLAVE, OFPCRR_MASTER_REQUEST, gen)
                         out.append((other, status))
             self.roles[conn] = role
-        out.append((conn, RoleReply(self.roles[conn], self._generation_or(0))))
+        out.append((conn, RoleReply(self.roles[conn], self._generation_or(UINT64 - 1))))
         return out
 
     def _refused_to_slave(self, conn: int) -> list[Out]:
