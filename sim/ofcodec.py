@@ -15,7 +15,13 @@ import struct
 from collections.abc import Iterable
 from typing import Any
 
-from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3, ofproto_v1_3_parser
+from os_ken.ofproto import (
+    nicira_ext,
+    ofproto_parser,
+    ofproto_protocol,
+    ofproto_v1_3,
+    ofproto_v1_3_parser,
+)
 
 from controller.core import flows as fl
 from sim import switch as sw
@@ -95,8 +101,6 @@ def describe_actions(actions: Iterable[Any]) -> tuple[fl.Action, ...]:
 
 
 def build_actions(actions: Iterable[fl.Action]) -> list[Any]:
-    from os_ken.ofproto import nicira_ext
-
     out = []
     for act in actions:
         kind, args = act[0], act[1:]
@@ -369,7 +373,7 @@ class WireSwitch:
     def _experimenter(self, conn: int, data: bytes, xid: int) -> list[Sent]:
         vendor, subtype = struct.unpack_from("!II", data, 8) if len(data) >= 16 else (0, 0)
         if (vendor, subtype) == (NX_VENDOR_ID, NXT_SET_ASYNC_CONFIG2):
-            return []  # accepted; the model sends no asynchronous message it could filter
+            return []  # accepted and ignored: the model does not filter what it sends
         return self._encode([(conn, sw.Error(*BAD_EXPERIMENTER))], xid, data)
 
     def _multipart(self, conn: int, data: bytes, xid: int) -> list[bytes]:

@@ -4,7 +4,8 @@ sockets here) and to the model, and what comes back must be the same.
 
 Eight traces are compared: the controller's own tables for triangle.yaml's s1 (multipath,
 and select groups) with a state change applied by its diff; hand-made flows with cookies,
-priorities, cookie-masked, strict, non-strict and out-port deletes and replacing adds;
+priorities, cookie-masked, strict, non-strict and out-port deletes, replacing adds and
+modifies (the cookie kept; one that matches nothing adds nothing);
 group semantics (exists, unknown, a flow naming a missing group, deleting a group removes
 its flows, an all group); role requests with generation ids (equal, older, newer, int64
 wrap-around, the 2**63 distance, the reply before any id is set); two connections where one
@@ -338,7 +339,20 @@ def hand_cookies() -> list[list[Step]]:
         _delete(OFP.OFPFC_DELETE, 0, eth_type=0x0800, ipv4_dst=("10.0.0.0", "255.255.0.0")),
         _delete(OFP.OFPFC_DELETE, 2, out_port=6),
     ]
-    return [[(0, m) for m in adds], [(0, m) for m in deletes], [(0, m) for m in again]]
+    modifies = [
+        _modify(OFP.OFPFC_MODIFY, 0, 0, 0x5555, 9, in_port=1),  # keeps the cookie
+        _modify(OFP.OFPFC_MODIFY_STRICT, 1, 30, 0x6666, 8, eth_dst="02:00:00:00:00:01"),
+        _modify(OFP.OFPFC_MODIFY_STRICT, 1, 31, 0x7777, 8, in_port=9),  # no such entry
+        _modify(OFP.OFPFC_MODIFY, 5, 0, 0x8888, 8, in_port=9),  # nothing to modify
+    ]
+    return [[(0, m) for m in part] for part in (adds, deletes, again, modifies)]
+
+
+def _modify(command: int, table: int, priority: int, cookie: int, port: int, **match: Any) -> Any:
+    flow = fl.Flow(table, priority, fl.make_match(**match), (("apply", (("output", port),)),))
+    msg = ofmsg.flow_add(DP, flow)
+    msg.command, msg.cookie = command, cookie
+    return msg
 
 
 def _group(command: int, gid: int, kind: int = OFP.OFPGT_SELECT, ports: tuple = (1, 2)) -> Any:

@@ -209,6 +209,9 @@ def test_a_port_change_is_told_to_every_connection_and_read_back_as_down():
     ((_, reply),) = wire.exchange(a, [ofmsg.port_desc_request(DP)])
     ofmsg.parse_port_desc(reply.body, readback)
     assert readback.ports == {1: True, 2: False}
+    gone = s.remove_port(1)
+    assert gone == [(c, sm.PortStatus(sm.OFPPR_DELETE, 1, False)) for c in (a, b)]
+    assert s.remove_port(1) == [] and s.ports == {2: False}
 
 
 # -- the codec ------------------------------------------------------------------------------
