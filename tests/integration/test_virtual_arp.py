@@ -1,6 +1,6 @@
 """Virtual addresses (LB VIPs, NAT public addresses): the switch answers ARP for them itself,
 drops unclassified IPv4 to them, and forwards translated traffic. Pure logic against the
-fake flow table first, then the same on Open vSwitch with real frames."""
+switch model first, then the same on Open vSwitch with real frames."""
 
 from __future__ import annotations
 
@@ -12,7 +12,6 @@ from pathlib import Path
 
 import pytest
 from conftest import unique_name
-from fakeofp import Packet, program, reprogram
 from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 from ovs_support import Bridge, Unixctl, trace_outputs, vsctl, wait_for
 
@@ -25,6 +24,8 @@ from controller.core.topology import compute_routes
 from controller.ofp import ofmsg
 from controller.ofp.launcher import start_in_thread
 from controller.ofp.options import Options
+from sim.network import program, reprogram
+from sim.packet import Packet
 
 REPO = Path(__file__).resolve().parents[2]
 SERVICES = REPO / "tests" / "data" / "services.yaml"
@@ -89,7 +90,7 @@ def test_virtual_addresses_come_from_lb_and_nat_pools():
         assert not macs & {virtual_mac(ip) for ip in topo.virtual_addresses()}
 
 
-# -- fake flow table -------------------------------------------------------------------------
+# -- switch model -------------------------------------------------------------------------
 
 
 @pytest.mark.parametrize(

@@ -1,4 +1,4 @@
-"""Service chains on the fake switch: a connection's packets, forward and reverse, hop by hop
+"""Service chains on the switch model: a connection's packets, forward and reverse, hop by hop
 through topologies/chain.yaml (firewall -> NAT on two switches), and the chain's checks in the
 topology schema. The same chain runs on real NF processes in tests/e2e/test_e2e_chain.py."""
 
@@ -9,13 +9,15 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeofp import FakeNetwork, FakeSwitch, Packet, program, reprogram
 from hypothesis import given, settings
 from hypothesis import strategies as st_
 
 from contract.topology import ConfigError, parse_topology, parse_topology_text
 from controller.core.hashing import FiveTuple
 from controller.core.state import InstanceState, Steering
+from sim.network import Network, program, reprogram
+from sim.packet import Packet
+from sim.switch import Switch
 
 REPO = Path(__file__).resolve().parents[2]
 CHAIN = REPO / "topologies" / "chain.yaml"
@@ -191,22 +193,25 @@ def test_the_shipped_chain_loads():
 
 
 def test_the_chain_survives_the_openflow_wire():
-    """The same walk on fake switches programmed with the OpenFlow messages the controller
+    """The same walk on switch models programmed with the OpenFlow messages the controller
     sends (serialized and parsed back): the hop entries' matches survive the wire."""
-    from fakeofp import FakeOFSwitch
-
     from controller.core import flows as fl
     from controller.core.topology import compute_routes
     from controller.ofp import ofmsg
+    from sim.ofcodec import DP, WireSwitch
 
     st = steering()
     routes = compute_routes(st.topology)
-    net = FakeNetwork()
+    net = Network()
     for name, sw in st.topology.switches.items():
-        of = FakeOFSwitch(name, dpid=sw.dpid)
+        of = WireSwitch(Switch(name, sw.dpid))
+        conn, _ = of.connect()
         steps = fl.diff(fl.Installed(), fl.desired_table(st, name, routes))
-        of.receive(ofmsg.messages(of.dp, steps))
-        assert of.table().flows == fl.Installed.of(fl.desired_table(st, name, routes)).flows
+        replies = of.exchange(conn, ofmsg.messages(DP, steps))
+        assert {type(r).__name__ for _, r in replies} == {"OFPBarrierReply"}
+        assert (
+            of.switch.installed().flows == fl.Installed.of(fl.desired_table(st, name, routes)).flows
+        )
         net.switches[name] = of.switch
     for link in st.topology.links:
         net.add_link(link.a, link.a_port, link.b, link.b_port)
@@ -264,9 +269,9 @@ def test_incremental_updates_keep_every_hop_right(seed):
     rng = random.Random(seed)
     routes = compute_routes(st.topology)
     kept = {name: fl.desired(st, name, routes) for name in st.topology.switches}
-    net = FakeNetwork()
+    net = Network()
     for name in st.topology.switches:
-        net.switches[name] = FakeSwitch(name)
+        net.switches[name] = Switch(name)
         net.switches[name].apply(fl.diff(fl.Installed(), kept[name].table))
     for link in st.topology.links:
         net.add_link(link.a, link.a_port, link.b, link.b_port)

@@ -1,4 +1,4 @@
-"""Flow programming against the fake flow table (pure logic; the same behaviour is tested on
+"""Flow programming against the switch model (pure logic; the same behaviour is tested on
 Open vSwitch in test_ovs_controller.py)."""
 
 from __future__ import annotations
@@ -8,7 +8,6 @@ from pathlib import Path
 
 import pytest
 import yaml
-from fakeofp import FakeSwitch, Packet, program, reprogram
 from os_ken.ofproto import ofproto_parser, ofproto_protocol, ofproto_v1_3
 
 from contract.topology import load_topology, parse_topology
@@ -18,6 +17,9 @@ from controller.core.state import InstanceState, Steering
 from controller.core.switchsync import ReadBack
 from controller.core.topology import compute_routes
 from controller.ofp import ofmsg
+from sim.network import program, reprogram
+from sim.packet import Packet
+from sim.switch import Switch
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
@@ -108,7 +110,7 @@ def test_change_sends_only_changed_slots_adds_before_deletes():
     assert len(plan) == len(moved) + 1  # the slot entries and one barrier, nothing else
     assert isinstance(plan[-1], fl.Barrier)
     # every slot still has exactly one entry, now for a survivor
-    slot_flows = [f for f in net.switches["s1"].flows.values() if f.table == 1]
+    slot_flows = [e.flow for e in net.switches["s1"].flows.values() if e.flow.table == 1]
     assert len(slot_flows) == st.pools["fw"].n_slots
     assert all(("output", 14) not in f.instructions[0][1] for f in slot_flows)
 
@@ -387,7 +389,7 @@ def test_incremental_update_gives_the_full_table(mode, seed):
     down: set[tuple[str, int]] = set()
     routes = compute_routes(st.topology)
     kept = {name: fl.desired(st, name, routes) for name in st.topology.switches}
-    switches = {name: FakeSwitch(name) for name in st.topology.switches}
+    switches = {name: Switch(name) for name in st.topology.switches}
     for name, sw in switches.items():
         sw.apply(fl.diff(fl.Installed(), kept[name].table))
     for _ in range(60):

@@ -1,4 +1,4 @@
-"""The switch programming state machine against a fake switch fed real OpenFlow bytes.
+"""The switch programming state machine against the switch model fed real OpenFlow bytes.
 
 Connect, read-back, first programming, barrier tracking, reconnect (in sync: nothing
 sent; damaged or holding strangers: exactly the difference), a read-back that cannot be
@@ -11,14 +11,14 @@ from __future__ import annotations
 import time
 from pathlib import Path
 
-from fakeofp import FakeOFSwitch
-
 from contract.topology import load_topology
 from controller.core import flows as fl
 from controller.core.state import InstanceState, Steering
 from controller.core.switchsync import BARRIER_TIMEOUT_S, READBACK_TIMEOUT_S, Phase, SwitchSync
 from controller.core.topology import compute_routes
 from controller.ofp import ofmsg
+from sim.ofcodec import DP, WireSwitch
+from sim.switch import LOCAL, Switch
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"
@@ -40,22 +40,25 @@ READERS = {
 
 
 class Driver:
-    """What the app does for one switch, minus the socket."""
+    """What the app does for one switch, minus the socket: one connection to the model."""
 
-    def __init__(self, switch: FakeOFSwitch, st: Steering):
+    def __init__(self, switch: WireSwitch, st: Steering):
         self.switch, self.st = switch, st
+        self.conn, _ = switch.connect()
         self.routes = compute_routes(st.topology)
         self.sync = SwitchSync("s1", time.monotonic())
         self.sent: list[fl.Step] = []
         self.errors: list = []
+        self.xid = 0
 
     def send(self, msgs: list) -> list:
-        for i, m in enumerate(msgs, start=1):
-            m.xid = len(self.switch.received) + i
-        return self.switch.receive(msgs)
+        for m in msgs:
+            self.xid += 1
+            m.xid = self.xid
+        return [r for to, r in self.switch.exchange(self.conn, msgs) if to == self.conn]
 
     def connect(self) -> None:
-        dp = self.switch.dp
+        dp = DP
         replies = self.send(
             [
                 ofmsg.port_desc_request(dp),
@@ -76,7 +79,7 @@ class Driver:
     def program(self) -> list[fl.Step]:
         steps = self.sync.program(self.st, self.routes)
         self.sent += steps
-        msgs = ofmsg.messages(self.switch.dp, steps)
+        msgs = ofmsg.messages(DP, steps)
         replies = []
         for step, msg in zip(steps, msgs, strict=False):
             for r in self.send([msg]):
@@ -92,18 +95,25 @@ def desired(st: Steering) -> fl.Installed:
     return fl.Installed.of(fl.desired_table(st, "s1", compute_routes(st.topology)))
 
 
+def add_foreign(sw: WireSwitch, table: int, priority: int, match: object) -> None:
+    """An entry someone else wrote on the switch (any os-ken match, even one the controller
+    cannot express)."""
+    mod = DP.ofproto_parser.OFPFlowMod(DP, table_id=table, priority=priority, match=match)
+    assert sw.exchange(LOCAL, [mod]) == []
+
+
 def test_first_connect_programs_the_whole_table_and_confirms_it():
     st = steering()
-    sw = FakeOFSwitch("s1", PORTS)
+    sw = WireSwitch(Switch("s1", 1, PORTS))
     d = Driver(sw, st)
     d.connect()
-    assert sw.table().flows == desired(st).flows
+    assert sw.switch.installed().flows == desired(st).flows
     assert d.sync.synced and not d.sync.barriers and d.sync.problem(time.monotonic()) is None
 
 
 def test_reconnect_in_sync_sends_nothing():
     st = steering()
-    sw = FakeOFSwitch("s1", PORTS)
+    sw = WireSwitch(Switch("s1", 1, PORTS))
     Driver(sw, st).connect()
     again = Driver(sw, st)
     again.connect()
@@ -113,18 +123,18 @@ def test_reconnect_in_sync_sends_nothing():
 
 def test_reconnect_after_damage_sends_exactly_the_difference_and_removes_strangers():
     st = steering()
-    sw = FakeOFSwitch("s1", PORTS)
+    sw = WireSwitch(Switch("s1", 1, PORTS))
     Driver(sw, st).connect()
     # while away: an entry lost, a stranger the controller cannot express, and a change
-    lost = next(k for k in sw.cookies if k[0] == fl.T_FORWARD)
-    del sw.cookies[lost], sw.raw[lost], sw.switch.flows[lost]
-    p = sw.parser
-    sw.add_foreign(0, 5, p.OFPMatch(eth_type=0x0800, ipv4_src=("10.0.0.1", "255.0.255.0")))
-    sw.add_foreign(7, 1, p.OFPMatch())
+    lost = next(k for k in sw.switch.flows if k[0] == fl.T_FORWARD)
+    del sw.switch.flows[lost]
+    p = DP.ofproto_parser
+    add_foreign(sw, 0, 5, p.OFPMatch(eth_type=0x0800, ipv4_src=("10.0.0.1", "255.0.255.0")))
+    add_foreign(sw, 7, 1, p.OFPMatch())
     st.set_capacity("fw", "fw1", 3, 0)
     again = Driver(sw, st)
     again.connect()
-    assert sw.table().flows == desired(st).flows
+    assert sw.switch.installed().flows == desired(st).flows
     deletes = [s for s in again.sent if isinstance(s, fl.FlowDelete)]
     assert len(deletes) == 2 and all(s.raw_match for s in deletes)
     adds = [s for s in again.sent if isinstance(s, fl.FlowAdd)]
@@ -134,19 +144,19 @@ def test_reconnect_after_damage_sends_exactly_the_difference_and_removes_strange
 
 def test_incremental_change_sends_only_the_moved_slots():
     st = steering()
-    sw = FakeOFSwitch("s1", PORTS)
+    sw = WireSwitch(Switch("s1", 1, PORTS))
     d = Driver(sw, st)
     d.connect()
     change = st.set_state("fw", "fw2", InstanceState.FAILED, 0)
     steps = d.program()
     adds = [s for s in steps if isinstance(s, fl.FlowAdd) and s.flow.table == fl.T_SLOTS]
     assert len(adds) == len(change.moved)
-    assert sw.table().flows == desired(st).flows
+    assert sw.switch.installed().flows == desired(st).flows
 
 
 def test_read_back_that_cannot_be_understood_wipes_and_programs_from_scratch():
     st = steering()
-    sw = FakeOFSwitch("s1", PORTS)
+    sw = WireSwitch(Switch("s1", 1, PORTS))
     Driver(sw, st).connect()
     d = Driver(sw, st)
     d.sync.readback.doubtful = True  # as when a reply part cannot be parsed
@@ -154,7 +164,7 @@ def test_read_back_that_cannot_be_understood_wipes_and_programs_from_scratch():
     d.sync.finish_readback()
     steps = d.program()
     assert isinstance(steps[0], fl.WipeAll)
-    assert sw.table().flows == desired(st).flows
+    assert sw.switch.installed().flows == desired(st).flows
 
 
 def test_unanswered_read_back_or_barrier_is_a_problem_after_its_timeout():
@@ -172,10 +182,10 @@ def test_unanswered_read_back_or_barrier_is_a_problem_after_its_timeout():
 
 def test_a_refused_flow_mod_comes_back_as_an_error():
     st = steering()
-    sw = FakeOFSwitch("s1", PORTS)
+    sw = WireSwitch(Switch("s1", 1, PORTS))
     d = Driver(sw, st)
     d.connect()
     bad = fl.Flow(0, 7, fl.make_match(in_port=3), (("apply", (("group", 777),)),))
-    replies = d.send([ofmsg.flow_add(sw.dp, bad)])
+    replies = d.send([ofmsg.flow_add(DP, bad)])
     assert [type(r).__name__ for r in replies] == ["OFPErrorMsg"]
-    assert bad.key not in sw.cookies
+    assert bad.key not in sw.switch.flows
