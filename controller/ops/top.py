@@ -313,7 +313,7 @@ def refresh(fetcher: Fetcher, view: View) -> None:
 def run(args: argparse.Namespace) -> int:
     import curses
 
-    from controller.cli import UsageError
+    from contract.errors import UsageError
 
     if not 0.1 <= args.interval <= 60:
         raise UsageError("--interval must be between 0.1 and 60 seconds")
