@@ -20,8 +20,6 @@ checked by the save script of the pool state: a stale leader can change neither.
 
 from __future__ import annotations
 
-import os
-import socket
 from dataclasses import dataclass
 
 from contract import keys
@@ -40,10 +38,6 @@ def id_key(controller_id: str) -> str:
 
 def api_key(controller_id: str) -> str:
     return f"{TAG}:api:{controller_id}"
-
-
-def default_id() -> str:
-    return f"{socket.gethostname()}-{os.getpid()}"
 
 
 # KEYS: lease, term   ARGV: id, lease ms, the term the claimant holds (0: none), floor
@@ -127,9 +121,6 @@ class Lease:
 
     def leading(self, now: float) -> bool:
         return self.holder == self.controller_id and now < self.valid_until
-
-    def renew_interval(self) -> float:
-        return self.lease_s / RENEWALS_PER_LEASE
 
 
 def check_lease(lease_ms: int, renew_ms: int | None = None) -> str | None:

@@ -11,6 +11,8 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import os
+import socket
 import threading
 import time
 from typing import Any
@@ -24,6 +26,11 @@ from controller.store.pools import Store, StoreUnavailable
 log = logging.getLogger("nfsteer.election")
 
 
+def default_id() -> str:
+    """This controller's id when ``--id`` is not given: unique per host and process."""
+    return f"{socket.gethostname()}-{os.getpid()}"
+
+
 class ElectionError(Exception):
     """This controller cannot take part (e.g. another running controller has its id)."""
 
@@ -34,7 +41,7 @@ class Election:
         self.app = app
         self.store = store
         self.membership = membership
-        self.controller_id = options.controller_id or leadership.default_id()
+        self.controller_id = options.controller_id or default_id()
         self.lease_s = options.lease_ms / 1000
         renew_ms = options.lease_renew_ms or options.lease_ms // leadership.RENEWALS_PER_LEASE
         self.renew_s = renew_ms / 1000
