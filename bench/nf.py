@@ -532,7 +532,7 @@ class Lane:
         cmd, env, cwd = [NFSTEER], None, None
         if self.mode == "before":  # the same NF from another checkout (--compare-with)
             cwd = os.path.abspath(self.bench.args.compare_with)  # first on sys.path with -m
-            # The entry point moved from controller/cli.py to the cli package.
+            # Older checkouts have the entry point in controller/cli.py.
             entry = "cli" if os.path.isdir(os.path.join(cwd, "cli")) else "controller.cli"
             cmd = [sys.executable, "-m", entry]
             env = {**os.environ, "PYTHONPATH": cwd}
