@@ -531,8 +531,10 @@ class Lane:
         url = f"redis://127.0.0.1:{self.bench.port}/0"
         cmd, env, cwd = [NFSTEER], None, None
         if self.mode == "before":  # the same NF from another checkout (--compare-with)
-            cmd = [sys.executable, "-m", "controller.cli"]
             cwd = os.path.abspath(self.bench.args.compare_with)  # first on sys.path with -m
+            # Older checkouts have the entry point in controller/cli.py.
+            entry = "cli" if os.path.isdir(os.path.join(cwd, "cli")) else "controller.cli"
+            cmd = [sys.executable, "-m", entry]
             env = {**os.environ, "PYTHONPATH": cwd}
         self.proc = subprocess.Popen(
             [*cmd, "nf", "--kind", self.kind, "--interface", self.nf_if, "--pool", self.pool,

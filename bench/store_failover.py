@@ -57,8 +57,7 @@ from controller.ops.storenodes import (  # noqa: E402
 )
 from controller.store.pools import PoolSnapshot, Store, StoreUnavailable  # noqa: E402
 from nf.firewall import Firewall  # noqa: E402
-from nf.state import NotReplicated, redis_client, redis_store  # noqa: E402
-from nf.state import StoreUnavailable as NFUnavailable  # noqa: E402
+from nf.state import NFStateUnavailable, NotReplicated, redis_client, redis_store  # noqa: E402
 
 FW = Firewall("bench", FirewallSettings(tcp_syn_timeout=3600))
 
@@ -112,7 +111,7 @@ class NFWriter(Client):
         self.n += 8
         try:
             res = self.store.run(FW.script, FW.cfg(), [((k,), "c001") for k in keys])
-        except NFUnavailable:
+        except NFStateUnavailable:
             return False
         except NotReplicated:
             self.not_replicated += 1

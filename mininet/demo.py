@@ -8,8 +8,8 @@ open short ones, kills an instance, takes another's link down, kills the store's
 Progress is shown live; a JSON report and a PNG plot go to ``reports/`` (or ``--out``).
 The scenario itself lives in ``mininet/scaleout.py``.
 
-Loaded by path by the ``nfsteer`` command (this folder is not a package: it must not shadow
-Mininet's own ``mininet`` package).
+``nfsteer demo`` runs this file as a script on its own interpreter (this folder is not a
+package: it must not shadow Mininet's own ``mininet`` package).
 """
 
 from __future__ import annotations
@@ -219,3 +219,9 @@ def run_elephants(args: argparse.Namespace, say: Callable[[str], None]) -> int:
     say(f"  report: {json_path}")
     say(f"  plot:   {png_path}")
     return 1 if result["broken"] else 0
+
+
+if __name__ == "__main__":  # how `nfsteer demo` runs it (see cli/demo.py)
+    from cli.command import standalone
+
+    sys.exit(standalone("demo", "run the scale-out demo in Mininet", add_arguments, run))

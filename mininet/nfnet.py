@@ -419,7 +419,7 @@ class Emulation:
     def start_one_controller(self, i: int) -> None:
         of_port, api_port = self.controller_ports[i]
         log = open(self.controller_log(i), "ab")  # noqa: SIM115 - owned by the process
-        cmd = [str(self.python), "-m", "controller.cli", "controller"]
+        cmd = [str(self.python), "-m", "cli", "controller"]
         cmd += ["--topology", str(self.topology_path)]
         cmd += ["--listen", f"127.0.0.1:{of_port}", "--api", f"127.0.0.1:{api_port}"]
         cmd += ["--heartbeat-ttl-ms", str(self.heartbeat_ttl_ms)]
@@ -566,7 +566,7 @@ class Emulation:
         pool = self.topology.pools[pname]
         inst = pool.instances[name]
         cap = inst.capacity if capacity is None else capacity
-        cmd = [str(self.python), "-m", "controller.cli", "nf", "--kind", pool.kind]
+        cmd = [str(self.python), "-m", "cli", "nf", "--kind", pool.kind]
         cmd += ["--interface", f"{name}-eth0", "--pool", pname, "--name", name]
         cmd += ["--capacity", f"{cap:g}", "--state", state]
         cmd += [

@@ -91,11 +91,11 @@ class Heartbeat:
         """One beat in a round trip of its own (nothing else may be in flight on the
         channel). A store that is unreachable fails at once (it backs off), so this never
         holds the loop for long."""
-        from nf.state import StoreUnavailable
+        from nf.state import NFStateUnavailable
 
         try:
             self.channel.command(self.command())
-        except StoreUnavailable:
+        except NFStateUnavailable:
             self.failed += 1
             self.next_at = now + self.interval_s
             return

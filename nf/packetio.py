@@ -28,7 +28,6 @@ from __future__ import annotations
 import contextlib
 import errno
 import mmap
-import os
 import socket
 import struct
 
@@ -248,7 +247,3 @@ class PacketIO:
 # recv/send errors while the interface is down (e.g. its link was taken down): the instance
 # waits for the link to come back instead of exiting, so it can carry traffic again.
 LINK_DOWN_ERRNOS = frozenset({errno.ENETDOWN, errno.ENXIO, errno.ENODEV})
-
-
-def cpus_available() -> int:
-    return len(os.sched_getaffinity(0))

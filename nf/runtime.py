@@ -28,14 +28,14 @@ from nf.heartbeat import Heartbeat
 from nf.memo import Memo
 from nf.packet import NOT_STEERED, parse
 from nf.packetio import LINK_DOWN_ERRNOS, InterfaceGone, PacketIO
-from nf.state import LocalStore, NotReplicated, RedisStore, StoreUnavailable
+from nf.state import LocalStore, NFStateUnavailable, NotReplicated, RedisStore
 
 log = logging.getLogger("nfsteer.nf")
 
 BATCH_BUCKETS = (1, 4, 16, 64, 256)
 
 
-class Counters:
+class PacketCounters:
     """What an operator reads: plain numbers, updated by the packet loop only."""
 
     def __init__(self) -> None:
@@ -96,7 +96,7 @@ class Processor:
         self.nf = nf
         self.store = store
         self.fail_open = fail_open or nf.fail_open
-        self.counters = Counters()
+        self.counters = PacketCounters()
         # hold_ms: frames that need state while the store is unreachable wait (up to this
         # long) and go out once it answers, instead of being dropped. A failover then costs
         # its own duration, not the next TCP retransmission after it (RTOs double).
@@ -170,7 +170,7 @@ class Processor:
                 ticket = self.store.submit(nf.script, nf.cfg(), ops, extra)
             else:
                 ticket = self.store.submit(nf.script, nf.cfg(), ops)
-        except StoreUnavailable:
+        except NFStateUnavailable:
             out += self._unavailable(pending)
             return out, None
         return out, (pending, ticket)
@@ -180,7 +180,7 @@ class Processor:
         items, ticket = pending
         try:
             results = self.store.collect(ticket)
-        except StoreUnavailable:
+        except NFStateUnavailable:
             return self._unavailable(items)
         except NotReplicated:  # output commit: held back even when failing open
             self.counters.dropped["store_not_replicated"] += len(items)

@@ -23,7 +23,7 @@ joined by newlines, and the reply is one bulk string, the results joined by newl
 Every store gives each operation the time in milliseconds (Redis: the server clock, so
 instances need no clock agreement). A batch is *submitted* and later *collected*, so the
 packet loop can read and prepare the next batch while the store works. When Redis cannot
-be reached, the store raises :class:`StoreUnavailable` at once (after a failure it backs
+be reached, the store raises :class:`NFStateUnavailable` at once (after a failure it backs
 off instead of waiting for a timeout per batch) and reconnects by itself.
 """
 
@@ -49,7 +49,7 @@ Op = tuple[tuple[str, ...], str]  # (keys, code + argument)
 NOT_WRITABLE_REPLIES = ("NOREPLICAS", "READONLY", "MASTERDOWN", "LOADING", "TRYAGAIN")
 
 
-class StoreUnavailable(Exception):
+class NFStateUnavailable(Exception):
     """The state store cannot be reached now; the batch was not (fully) applied."""
 
 
@@ -231,7 +231,7 @@ class RedisStore:
         before backing off."""
         try:
             return self.collect(self.submit(script, cfg, ops))
-        except StoreUnavailable:
+        except NFStateUnavailable:
             if not self._fresh_failure:
                 raise
         self._fresh_failure = False
@@ -252,7 +252,7 @@ class RedisStore:
         import redis
 
         if not self.available and time.monotonic() < self._retry_at:
-            raise StoreUnavailable(self.last_error)
+            raise NFStateUnavailable(self.last_error)
         try:
             conn = self._connection()
             sha = self._sha.get(script.name) or self._load(script)
@@ -264,7 +264,7 @@ class RedisStore:
             conn.send_packed_command([packed], check_health=False)
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
-            raise StoreUnavailable(self.last_error) from None
+            raise NFStateUnavailable(self.last_error) from None
         self.round_trips += 1
         return self._generation, 1 if extra else 0
 
@@ -273,7 +273,7 @@ class RedisStore:
 
         generation, extra = ticket
         if generation != self._generation or self._conn is None:
-            raise StoreUnavailable(self.last_error)  # its connection is gone
+            raise NFStateUnavailable(self.last_error)  # its connection is gone
         acked = None
         try:
             if extra:
@@ -288,13 +288,13 @@ class RedisStore:
             # load again next batch.
             self._sha.clear()
             self.errors += 1
-            raise StoreUnavailable(str(e)) from None
+            raise NFStateUnavailable(str(e)) from None
         except (redis.exceptions.RedisError, OSError) as e:
             # Connection lost, timeout, or an error reply (out of memory, read-only
             # replica...): this batch is lost, and with a broken connection so is any
             # batch still in flight on it.
             self._failed(e)
-            raise StoreUnavailable(self.last_error) from None
+            raise NFStateUnavailable(self.last_error) from None
         self._reachable()
         if acked is not None and acked < self.sync[0]:  # type: ignore[index]
             self.not_replicated += 1
@@ -314,11 +314,11 @@ class RedisStore:
 
     def command(self, args: Sequence[str]) -> Any:
         """One command in a round trip of its own; nothing may be in flight. Fails at once
-        (StoreUnavailable) while backing off after a failure, like a batch."""
+        (NFStateUnavailable) while backing off after a failure, like a batch."""
         import redis
 
         if not self.available and time.monotonic() < self._retry_at:
-            raise StoreUnavailable(self.last_error)
+            raise NFStateUnavailable(self.last_error)
         try:
             conn = self._connection()
             conn.send_packed_command([pack(args)], check_health=False)
@@ -326,7 +326,7 @@ class RedisStore:
             res = conn.read_response()
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
-            raise StoreUnavailable(self.last_error) from None
+            raise NFStateUnavailable(self.last_error) from None
         self._reachable()
         return res
 
@@ -390,7 +390,7 @@ class ClusterStore(RedisStore):
         import redis
 
         if not self.available and time.monotonic() < self._retry_at:
-            raise StoreUnavailable(self.last_error)
+            raise NFStateUnavailable(self.last_error)
         groups = group_by_slot(ops)
         try:
             try:
@@ -401,7 +401,7 @@ class ClusterStore(RedisStore):
                 out = self._run(script, cfg, ops, groups, ())
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
-            raise StoreUnavailable(self.last_error) from None
+            raise NFStateUnavailable(self.last_error) from None
         self._reachable()
         return out
 
@@ -444,13 +444,13 @@ class ClusterStore(RedisStore):
         import redis
 
         if not self.available and time.monotonic() < self._retry_at:
-            raise StoreUnavailable(self.last_error)
+            raise NFStateUnavailable(self.last_error)
         try:
             self.round_trips += 1
             res = self.client.execute_command(*args)
         except (redis.exceptions.RedisError, OSError) as e:
             self._failed(e)
-            raise StoreUnavailable(self.last_error) from None
+            raise NFStateUnavailable(self.last_error) from None
         self._reachable()
         return res
 

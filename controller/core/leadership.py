@@ -122,9 +122,6 @@ class Lease:
     def leading(self, now: float) -> bool:
         return self.holder == self.controller_id and now < self.valid_until
 
-    def renew_interval(self) -> float:
-        return self.lease_s / RENEWALS_PER_LEASE
-
 
 def check_lease(lease_ms: int, renew_ms: int | None = None) -> str | None:
     """Why a lease configuration is refused, or None."""

@@ -53,15 +53,6 @@ def _weights(capacities: Mapping[str, float | int | Fraction]) -> dict[str, int]
     return {name: c.numerator * (scale // c.denominator) for name, c in caps.items()}
 
 
-def share_bounds(
-    n_slots: int, capacities: Mapping[str, float | int | Fraction]
-) -> dict[str, tuple[int, int]]:
-    """Exact share of each instance: name -> (floor, ceil) of n_slots * c / sum(c)."""
-    weights = _weights(capacities)
-    total = sum(weights.values())
-    return {name: (n_slots * w // total, -(-n_slots * w // total)) for name, w in weights.items()}
-
-
 def quotas(
     n_slots: int,
     capacities: Mapping[str, float | int | Fraction],

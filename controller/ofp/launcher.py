@@ -186,7 +186,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> Options:
-    from controller.cli import UsageError
+    from contract.errors import UsageError
 
     try:
         tls, listen = parse_listen(args.listen, "--listen")
@@ -224,8 +224,8 @@ def options_from_args(args: argparse.Namespace) -> Options:
 
 
 def run(args: argparse.Namespace) -> int:
+    from contract.errors import UsageError
     from contract.topology import load_topology
-    from controller.cli import UsageError
 
     options = options_from_args(args)
     load_topology(options.topology)  # a bad file is reported before anything starts

@@ -57,7 +57,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    from controller.cli import UsageError
+    from contract.errors import UsageError
     from controller.ops.storenodes import down, status, up
 
     try:

@@ -97,7 +97,9 @@ class Row:
 
 
 @dataclass
-class View:
+class TopScreen:
+    """What `nfsteer top` shows: the last snapshot, rows per pool, recent events."""
+
     events: deque[str] = field(default_factory=lambda: deque(maxlen=EVENTS_KEPT))
     last: Snapshot | None = None
     error: str | None = None
@@ -277,7 +279,7 @@ def _member(detail: dict[str, Any], name: str) -> dict[str, Any] | None:
 # --- the terminal ------------------------------------------------------------------------
 
 
-def _loop(screen: Any, fetcher: Fetcher, view: View, interval: float) -> None:
+def _loop(screen: Any, fetcher: Fetcher, view: TopScreen, interval: float) -> None:
     import curses
 
     curses.curs_set(0)
@@ -302,7 +304,7 @@ def _loop(screen: Any, fetcher: Fetcher, view: View, interval: float) -> None:
             view.unreachable(str(e), time.time())
 
 
-def refresh(fetcher: Fetcher, view: View) -> None:
+def refresh(fetcher: Fetcher, view: TopScreen) -> None:
     """One refresh; an answer that is not what an nfsteer controller gives is an ApiError."""
     try:
         view.update(fetcher.snapshot(), time.time())
@@ -313,12 +315,12 @@ def refresh(fetcher: Fetcher, view: View) -> None:
 def run(args: argparse.Namespace) -> int:
     import curses
 
-    from controller.cli import UsageError
+    from contract.errors import UsageError
 
     if not 0.1 <= args.interval <= 60:
         raise UsageError("--interval must be between 0.1 and 60 seconds")
     fetcher = Fetcher(args.api, args.api_token)
-    view = View()
+    view = TopScreen()
     try:
         refresh(fetcher, view)
     except ApiError as e:

@@ -40,6 +40,7 @@ class Controller(Protocol):
 
 
 def default_id() -> str:
+    """This controller's id when ``--id`` is not given: unique per host and process."""
     return f"{socket.gethostname()}-{os.getpid()}"
 
 

@@ -13,7 +13,7 @@ from urllib.parse import parse_qs, urlsplit
 import pytest
 from conftest import REPO, free_port
 
-from controller.cli import main
+from cli.main import main
 
 SINGLE = str(REPO / "topologies" / "single.yaml")
 TUPLE = ["10.0.0.1", "10.0.0.129", "tcp", "40000", "80"]

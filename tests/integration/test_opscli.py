@@ -17,7 +17,7 @@ from membership_support import (
     write_topology,
 )
 
-from controller.cli import main
+from cli.main import main
 
 TOKEN = "cli-token"
 

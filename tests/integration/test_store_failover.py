@@ -19,7 +19,7 @@ from controller.core.state import InstanceInfo, InstanceState
 from controller.ops.storenodes import SENTINEL_INFO_PERIOD_MS
 from controller.store.pools import PoolSnapshot, Store
 from nf.firewall import Firewall
-from nf.state import NotReplicated, StoreUnavailable, redis_client, redis_store
+from nf.state import NFStateUnavailable, NotReplicated, redis_client, redis_store
 
 pytestmark = pytest.mark.redis
 
@@ -47,7 +47,7 @@ class Writer(threading.Thread):
             n += 8
             try:
                 res = self.store.run(FW.script, FW.cfg(), [((k,), "c001") for k in keys])
-            except StoreUnavailable:
+            except NFStateUnavailable:
                 self.failures += 1
                 self.failed_at.append(time.monotonic())
             except NotReplicated:

@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli.main import main
 from contract.topology import ConfigError, load_topology, parse_topology
-from controller.cli import main
 from controller.ofp.options import Options, OptionsError, parse_hostport
 
 REPO = Path(__file__).resolve().parents[2]

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import yaml
 
+from cli.main import main
 from contract.topology import MAX_FILE_BYTES, ConfigError, load_topology
-from controller.cli import main
 
 REPO = Path(__file__).resolve().parents[2]
 SINGLE = REPO / "topologies" / "single.yaml"

@@ -9,9 +9,9 @@ import os
 
 import pytest
 
+from cli.main import build_parser
 from contract.errors import UsageError
 from contract.secrets import api_token, redis_url
-from controller.cli import build_parser
 from controller.ofp.launcher import options_from_args
 
 TOPOLOGY = os.path.join(os.path.dirname(__file__), "..", "data", "triangle.yaml")
@@ -79,7 +79,7 @@ def test_every_command_takes_the_secret_options():
 
 
 def test_nf_takes_redis_from_the_environment(monkeypatch, capsys):
-    from controller.cli import main
+    from cli.main import main
 
     argv = ["nf", "--kind", "firewall", "--interface", "nosuchif0", "--pool", "fw"]
     monkeypatch.delenv("NFSTEER_REDIS", raising=False)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from controller.ops.top import Snapshot, View
+from controller.ops.top import Snapshot, TopScreen
 
 
 def member(name, state="active", capacity=1.0, slots=8, tx=None, read_at=None):
@@ -24,7 +24,7 @@ def snap(at, members, epoch=1, switches=("s1",), redis="up"):
 
 
 def test_rates_and_shares_follow_the_counters():
-    view = View()
+    view = TopScreen()
     view.update(snap(10.0, [member("a", tx=100), member("b", capacity=3, tx=100)]))
     assert [r.pps for r in view.rows["fw"]] == [None, None]  # one sample: no rate yet
     view.update(snap(12.0, [member("a", tx=300), member("b", capacity=3, tx=900)]))
@@ -40,7 +40,7 @@ def test_rates_and_shares_follow_the_counters():
 def test_rates_use_the_switch_clock_and_survive_refreshes_between_polls():
     """The controller polls port counters every 2 s, top refreshes every second: a
     refresh that sees the same reading keeps the last rate instead of showing 0."""
-    view = View()
+    view = TopScreen()
     view.update(snap(10.0, [member("a", tx=0, read_at=100.0)]))
     view.update(snap(11.0, [member("a", tx=500, read_at=102.5)]))
     assert view.rows["fw"][0].pps == 200.0  # 500 packets in 2.5 s of the switch's time
@@ -53,7 +53,7 @@ def test_rates_use_the_switch_clock_and_survive_refreshes_between_polls():
 
 
 def test_events_name_what_changed_between_refreshes():
-    view = View()
+    view = TopScreen()
     view.update(snap(1.0, [member("a"), member("b")], epoch=1))
     assert not view.events
     view.update(
@@ -79,7 +79,7 @@ def test_events_name_what_changed_between_refreshes():
 
 
 def test_unreachable_is_one_event_then_recovery_and_the_screen_says_so():
-    view = View()
+    view = TopScreen()
     view.update(snap(1.0, [member("a", "failed")]))
     view.unreachable("cannot reach the controller")
     view.unreachable("cannot reach the controller")
@@ -121,7 +121,7 @@ _answer = st.tuples(
 @settings(max_examples=200, deadline=None)
 @given(st.lists(_answer, min_size=1, max_size=6))
 def test_any_sequence_of_answers_renders_without_error(answers):
-    view = View()
+    view = TopScreen()
     for at, members, epoch, connected in answers:
         view.update(snap(at, members, epoch=epoch, switches=("s1",) if connected else ()))
         text = "\n".join(view.lines("http://x"))
