@@ -10,7 +10,6 @@ switch, never for a fixed time.
 
 from __future__ import annotations
 
-import logging
 import math
 import os
 import random
@@ -303,24 +302,6 @@ def test_select_group_mode_programs_weighted_buckets(tmp_path, bridges, controll
     assert result.wait(10)
     assert set(weights()) == {12, 13, 14}
     assert all(w > 0 for w in weights().values())
-
-
-def test_switch_error_is_logged_with_its_cause(tmp_path, bridges, controller, caplog):
-    caplog.set_level(logging.ERROR, logger="nfsteer")
-    app, _ = controller(write_topology(tmp_path))
-    br = bridges(1, SINGLE_PORTS)
-    connect(app, br)
-    bad = fl.Flow(0, 7, fl.make_match(in_port=3), (("apply", (("group", 777),)),))
-    from controller.ofp import ofmsg
-
-    app.send_messages("s1", [ofmsg.flow_add(app.datapaths["s1"], bad)])
-    wait_for(lambda: app.counters.switch_errors, 10, "an error from the switch")
-    wait_for(lambda: "error type=" in caplog.text, 5, "the error to be logged")
-    line = next(r.getMessage() for r in caplog.records if "error type=" in r.getMessage())
-    assert "flow_mod add table=0 priority=7" in line and "777" in line
-
-
-# -- the real process ------------------------------------------------------------------------
 
 
 def _send_frames(bridge: Bridge, port: int, flows: list[FiveTuple]) -> None:
