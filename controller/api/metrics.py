@@ -20,7 +20,8 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from controller.core.state import InstanceState
+from controller.api.deps import CounterReadings, MembershipService, PoolStore, SteeringHost
+from controller.core.state import InstanceState, PoolState
 
 # Event-to-barrier times: from a change to the switches' barrier replies (seconds).
 TAKEOVER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -70,7 +71,12 @@ class SampleHistogram:
 
 
 class SteeringCollector(Collector):
-    def __init__(self, app: Any, membership: Any = None, store: Any = None):
+    def __init__(
+        self,
+        app: SteeringHost,
+        membership: MembershipService | None = None,
+        store: PoolStore | None = None,
+    ) -> None:
         self.app = app
         self.membership = membership
         self.store = store
@@ -146,8 +152,7 @@ class SteeringCollector(Collector):
             ("takeovers", "Terms this controller won (it became the leader)"),
             ("fenced", "Writes refused as stale by a switch or the store (each a step-down)"),
         ):
-            if hasattr(c, attr):
-                yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
+            yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
         connected = set(view.switches)
         yield GaugeMetricFamily(
             "nfsteer_switches_connected", "Connected switches", value=len(connected)
@@ -163,10 +168,7 @@ class SteeringCollector(Collector):
         for name in sorted(view.topology.switches):
             per_switch.add_metric([name], 1 if name in connected else 0)
         yield per_switch
-        samples = getattr(c, "change_latency", None)
-        if samples is None:
-            samples = getattr(c, "barrier_latency", ())
-        self.latency.consume(samples)
+        self.latency.consume(c.change_latency)
         yield self.latency.family(
             "nfsteer_change_to_barrier_seconds",
             "Time from a change to the barrier reply of every switch",
@@ -191,18 +193,16 @@ class SteeringCollector(Collector):
                 value=self.membership.heartbeat_failures,
             )
 
-    def _leadership(self, c: Any) -> Iterable[Any]:
+    def _leadership(self, c: CounterReadings) -> Iterable[Any]:
         yield from _role_metrics(self.app)
-        self.takeover.consume(getattr(c, "takeover_seconds", ()))
+        self.takeover.consume(c.takeover_seconds)
         yield self.takeover.family(
             "nfsteer_takeover_seconds",
             "Time from winning a term to every switch MASTER and programmed",
         )
 
     def _load(self) -> Iterable[Any]:
-        watch = getattr(self.app, "loads", None)
-        if watch is None:
-            return
+        watch = self.app.loads
         load = GaugeMetricFamily(
             "nfsteer_instance_load",
             "Packets/s through the instance's hash slots (pools in load mode)",
@@ -228,10 +228,10 @@ class SteeringCollector(Collector):
                 moves.add_metric([pname, kind], rep.moves_total.get(kind, 0))
         yield from (load, imbalance, moves)
 
-    def _traffic(self, pools: dict[str, Any]) -> Iterable[Any]:
+    def _traffic(self, pools: dict[str, PoolState]) -> Iterable[Any]:
         """Per-instance port counters, when the app collects port statistics
         (``app.port_stats[(switch, port)] = {"rx_packets": ..., ...}``)."""
-        port_stats = getattr(self.app, "port_stats", None)
+        port_stats = self.app.port_stats
         if not port_stats:
             return
         families = {
@@ -243,14 +243,16 @@ class SteeringCollector(Collector):
         }  # fmt: skip
         for pname, ps in sorted(pools.items()):
             for name, info in sorted(dict(ps.instances).items()):
-                stats = port_stats.get((info.switch, info.port)) if info.located else None
+                stats = None
+                if info.switch is not None and info.port is not None:  # located
+                    stats = port_stats.get((info.switch, info.port))
                 for key, family in families.items():
                     if stats and key in stats:
                         family.add_metric([pname, name], stats[key])
         yield from families.values()
 
 
-def _role_metrics(app: Any) -> Iterable[Any]:
+def _role_metrics(app: SteeringHost) -> Iterable[Any]:
     status = app.role_status()
     role = GaugeMetricFamily(
         "nfsteer_role", "1 for this controller's role (single, leader, standby)", labels=["role"]
@@ -263,7 +265,9 @@ def _role_metrics(app: Any) -> Iterable[Any]:
     )
 
 
-def make_registry(app: Any, membership: Any = None, store: Any = None) -> CollectorRegistry:
+def make_registry(
+    app: SteeringHost, membership: MembershipService | None = None, store: PoolStore | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SteeringCollector(app, membership, store))
     return registry
