@@ -20,7 +20,13 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from controller.api.deps import CounterReadings, MembershipService, PoolStore, SteeringHost
+from controller.api.deps import (
+    CounterReadings,
+    MembershipService,
+    PoolStore,
+    PublishedView,
+    SteeringHost,
+)
 from controller.core.state import InstanceState, PoolState
 
 # Event-to-barrier times: from a change to the switches' barrier replies (seconds).
@@ -84,81 +90,31 @@ class SteeringCollector(Collector):
         self.takeover = SampleHistogram(TAKEOVER_BUCKETS)
 
     def collect(self) -> Iterable[Any]:
-        app = self.app
-        view = app.view()
+        view = self.app.view()
         pools = dict(view.pools)
-        by_state = GaugeMetricFamily(
-            "nfsteer_pool_instances", "Instances per pool by state", labels=["pool", "state"]
-        )
-        epoch = GaugeMetricFamily("nfsteer_pool_epoch", "Assignment epoch", labels=["pool"])
-        unserved = GaugeMetricFamily(
-            "nfsteer_pool_unserved_slots",
-            "Hash slots without an owner: their traffic is dropped",
-            labels=["pool"],
-        )
-        no_active = GaugeMetricFamily(
-            "nfsteer_pool_without_active_instance",
-            "1 when the pool has no active instance and drops its service traffic",
-            labels=["pool"],
-        )
-        slots = GaugeMetricFamily(
-            "nfsteer_instance_slots", "Hash slots held by an instance", labels=["pool", "instance"]
-        )
-        capacity = GaugeMetricFamily(
-            "nfsteer_instance_capacity", "Configured capacity", labels=["pool", "instance"]
-        )
-        state = GaugeMetricFamily(
-            "nfsteer_instance_state",
-            "1 for the instance's current state",
-            labels=["pool", "instance", "state"],
-        )
-        for pname, ps in sorted(pools.items()):
-            instances = dict(ps.instances)
-            assignment = list(ps.assignment)
-            counts: dict[str, int] = {}
-            for owner in assignment:
-                if owner is not None:
-                    counts[owner] = counts.get(owner, 0) + 1
-            for st in InstanceState:
-                n = sum(1 for i in instances.values() if i.state is st)
-                by_state.add_metric([pname, st.value], n)
-            epoch.add_metric([pname], ps.epoch)
-            unserved.add_metric([pname], assignment.count(None))
-            has_active = any(
-                i.state is InstanceState.ACTIVE and i.located for i in instances.values()
-            )
-            no_active.add_metric([pname], 0 if has_active else 1)
-            for name, info in sorted(instances.items()):
-                slots.add_metric([pname, name], counts.get(name, 0))
-                capacity.add_metric([pname, name], info.capacity)
-                for st in InstanceState:
-                    state.add_metric([pname, name, st.value], 1 if info.state is st else 0)
-        yield from (by_state, epoch, unserved, no_active, slots, capacity, state)
+        yield from _pool_metrics(pools)
         yield from self._traffic(pools)
         yield from self._load()
+        c = self.app.counters
+        yield from _counter_metrics(c)
+        yield from self._switch_metrics(view)
+        self.latency.consume(c.change_latency)
+        yield self.latency.family(
+            "nfsteer_change_to_barrier_seconds",
+            "Time from a change to the barrier reply of every switch",
+        )
+        yield from self._leadership(c)
+        yield from self._service_metrics()
 
-        c = app.counters
-        for attr, doc in (
-            ("rebalances", "Changes that moved at least one slot"),
-            ("slots_moved", "Hash slots that changed owner"),
-            ("flow_mods_sent", "OpenFlow flow-mods sent"),
-            ("group_mods_sent", "OpenFlow group-mods sent"),
-            ("barriers_sent", "OpenFlow barrier requests sent"),
-            ("switch_errors", "OpenFlow error messages received"),
-            ("switch_connects", "Switch connections (first and re-connections)"),
-            ("port_events", "Port status messages received"),
-            ("switch_refused", "Switch connections refused (dpid already connected)"),
-            ("handler_errors", "Event handler failures (contained)"),
-            ("takeovers", "Terms this controller won (it became the leader)"),
-            ("fenced", "Writes refused as stale by a switch or the store (each a step-down)"),
-        ):
-            yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
+    def _switch_metrics(self, view: PublishedView) -> Iterable[Any]:
         connected = set(view.switches)
         yield GaugeMetricFamily(
             "nfsteer_switches_connected", "Connected switches", value=len(connected)
         )
         yield GaugeMetricFamily(
-            "nfsteer_healthy", "1 when /healthz reports no problem", value=0 if app.health() else 1
+            "nfsteer_healthy",
+            "1 when /healthz reports no problem",
+            value=0 if self.app.health() else 1,
         )
         per_switch = GaugeMetricFamily(
             "nfsteer_switch_connected",
@@ -168,12 +124,8 @@ class SteeringCollector(Collector):
         for name in sorted(view.topology.switches):
             per_switch.add_metric([name], 1 if name in connected else 0)
         yield per_switch
-        self.latency.consume(c.change_latency)
-        yield self.latency.family(
-            "nfsteer_change_to_barrier_seconds",
-            "Time from a change to the barrier reply of every switch",
-        )
-        yield from self._leadership(c)
+
+    def _service_metrics(self) -> Iterable[Any]:
         if self.store is not None:
             yield GaugeMetricFamily(
                 "nfsteer_redis_up", "1 when Redis answered the last command", value=self.store.up
@@ -250,6 +202,72 @@ class SteeringCollector(Collector):
                     if stats and key in stats:
                         family.add_metric([pname, name], stats[key])
         yield from families.values()
+
+
+def _pool_metrics(pools: dict[str, PoolState]) -> Iterable[Any]:
+    by_state = GaugeMetricFamily(
+        "nfsteer_pool_instances", "Instances per pool by state", labels=["pool", "state"]
+    )
+    epoch = GaugeMetricFamily("nfsteer_pool_epoch", "Assignment epoch", labels=["pool"])
+    unserved = GaugeMetricFamily(
+        "nfsteer_pool_unserved_slots",
+        "Hash slots without an owner: their traffic is dropped",
+        labels=["pool"],
+    )
+    no_active = GaugeMetricFamily(
+        "nfsteer_pool_without_active_instance",
+        "1 when the pool has no active instance and drops its service traffic",
+        labels=["pool"],
+    )
+    slots = GaugeMetricFamily(
+        "nfsteer_instance_slots", "Hash slots held by an instance", labels=["pool", "instance"]
+    )
+    capacity = GaugeMetricFamily(
+        "nfsteer_instance_capacity", "Configured capacity", labels=["pool", "instance"]
+    )
+    state = GaugeMetricFamily(
+        "nfsteer_instance_state",
+        "1 for the instance's current state",
+        labels=["pool", "instance", "state"],
+    )
+    for pname, ps in sorted(pools.items()):
+        instances = dict(ps.instances)
+        assignment = list(ps.assignment)
+        counts: dict[str, int] = {}
+        for owner in assignment:
+            if owner is not None:
+                counts[owner] = counts.get(owner, 0) + 1
+        for st in InstanceState:
+            n = sum(1 for i in instances.values() if i.state is st)
+            by_state.add_metric([pname, st.value], n)
+        epoch.add_metric([pname], ps.epoch)
+        unserved.add_metric([pname], assignment.count(None))
+        has_active = any(i.state is InstanceState.ACTIVE and i.located for i in instances.values())
+        no_active.add_metric([pname], 0 if has_active else 1)
+        for name, info in sorted(instances.items()):
+            slots.add_metric([pname, name], counts.get(name, 0))
+            capacity.add_metric([pname, name], info.capacity)
+            for st in InstanceState:
+                state.add_metric([pname, name, st.value], 1 if info.state is st else 0)
+    yield from (by_state, epoch, unserved, no_active, slots, capacity, state)
+
+
+def _counter_metrics(c: CounterReadings) -> Iterable[Any]:
+    for attr, doc in (
+        ("rebalances", "Changes that moved at least one slot"),
+        ("slots_moved", "Hash slots that changed owner"),
+        ("flow_mods_sent", "OpenFlow flow-mods sent"),
+        ("group_mods_sent", "OpenFlow group-mods sent"),
+        ("barriers_sent", "OpenFlow barrier requests sent"),
+        ("switch_errors", "OpenFlow error messages received"),
+        ("switch_connects", "Switch connections (first and re-connections)"),
+        ("port_events", "Port status messages received"),
+        ("switch_refused", "Switch connections refused (dpid already connected)"),
+        ("handler_errors", "Event handler failures (contained)"),
+        ("takeovers", "Terms this controller won (it became the leader)"),
+        ("fenced", "Writes refused as stale by a switch or the store (each a step-down)"),
+    ):
+        yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
 
 
 def _role_metrics(app: SteeringHost) -> Iterable[Any]:
