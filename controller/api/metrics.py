@@ -20,7 +20,14 @@ from prometheus_client.core import (
 )
 from prometheus_client.registry import Collector
 
-from controller.core.state import InstanceState
+from controller.api.deps import (
+    CounterReadings,
+    MembershipService,
+    PoolStore,
+    PublishedView,
+    SteeringHost,
+)
+from controller.core.state import InstanceState, PoolState
 
 # Event-to-barrier times: from a change to the switches' barrier replies (seconds).
 TAKEOVER_BUCKETS = (0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
@@ -70,7 +77,12 @@ class SampleHistogram:
 
 
 class SteeringCollector(Collector):
-    def __init__(self, app: Any, membership: Any = None, store: Any = None):
+    def __init__(
+        self,
+        app: SteeringHost,
+        membership: MembershipService | None = None,
+        store: PoolStore | None = None,
+    ) -> None:
         self.app = app
         self.membership = membership
         self.store = store
@@ -78,82 +90,31 @@ class SteeringCollector(Collector):
         self.takeover = SampleHistogram(TAKEOVER_BUCKETS)
 
     def collect(self) -> Iterable[Any]:
-        app = self.app
-        view = app.view()
+        view = self.app.view()
         pools = dict(view.pools)
-        by_state = GaugeMetricFamily(
-            "nfsteer_pool_instances", "Instances per pool by state", labels=["pool", "state"]
-        )
-        epoch = GaugeMetricFamily("nfsteer_pool_epoch", "Assignment epoch", labels=["pool"])
-        unserved = GaugeMetricFamily(
-            "nfsteer_pool_unserved_slots",
-            "Hash slots without an owner: their traffic is dropped",
-            labels=["pool"],
-        )
-        no_active = GaugeMetricFamily(
-            "nfsteer_pool_without_active_instance",
-            "1 when the pool has no active instance and drops its service traffic",
-            labels=["pool"],
-        )
-        slots = GaugeMetricFamily(
-            "nfsteer_instance_slots", "Hash slots held by an instance", labels=["pool", "instance"]
-        )
-        capacity = GaugeMetricFamily(
-            "nfsteer_instance_capacity", "Configured capacity", labels=["pool", "instance"]
-        )
-        state = GaugeMetricFamily(
-            "nfsteer_instance_state",
-            "1 for the instance's current state",
-            labels=["pool", "instance", "state"],
-        )
-        for pname, ps in sorted(pools.items()):
-            instances = dict(ps.instances)
-            assignment = list(ps.assignment)
-            counts: dict[str, int] = {}
-            for owner in assignment:
-                if owner is not None:
-                    counts[owner] = counts.get(owner, 0) + 1
-            for st in InstanceState:
-                n = sum(1 for i in instances.values() if i.state is st)
-                by_state.add_metric([pname, st.value], n)
-            epoch.add_metric([pname], ps.epoch)
-            unserved.add_metric([pname], assignment.count(None))
-            has_active = any(
-                i.state is InstanceState.ACTIVE and i.located for i in instances.values()
-            )
-            no_active.add_metric([pname], 0 if has_active else 1)
-            for name, info in sorted(instances.items()):
-                slots.add_metric([pname, name], counts.get(name, 0))
-                capacity.add_metric([pname, name], info.capacity)
-                for st in InstanceState:
-                    state.add_metric([pname, name, st.value], 1 if info.state is st else 0)
-        yield from (by_state, epoch, unserved, no_active, slots, capacity, state)
+        yield from _pool_metrics(pools)
         yield from self._traffic(pools)
         yield from self._load()
+        c = self.app.counters
+        yield from _counter_metrics(c)
+        yield from self._switch_metrics(view)
+        self.latency.consume(c.change_latency)
+        yield self.latency.family(
+            "nfsteer_change_to_barrier_seconds",
+            "Time from a change to the barrier reply of every switch",
+        )
+        yield from self._leadership(c)
+        yield from self._service_metrics()
 
-        c = app.counters
-        for attr, doc in (
-            ("rebalances", "Changes that moved at least one slot"),
-            ("slots_moved", "Hash slots that changed owner"),
-            ("flow_mods_sent", "OpenFlow flow-mods sent"),
-            ("group_mods_sent", "OpenFlow group-mods sent"),
-            ("barriers_sent", "OpenFlow barrier requests sent"),
-            ("switch_errors", "OpenFlow error messages received"),
-            ("switch_connects", "Switch connections (first and re-connections)"),
-            ("port_events", "Port status messages received"),
-            ("switch_refused", "Switch connections refused (dpid already connected)"),
-            ("handler_errors", "Event handler failures (contained)"),
-            ("takeovers", "Terms this controller won (it became the leader)"),
-            ("fenced", "Writes refused as stale by a switch or the store (each a step-down)"),
-        ):
-            if hasattr(c, attr):
-                yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
+    def _switch_metrics(self, view: PublishedView) -> Iterable[Any]:
         connected = set(view.switches)
         yield GaugeMetricFamily(
             "nfsteer_switches_connected", "Connected switches", value=len(connected)
         )
         yield GaugeMetricFamily(
-            "nfsteer_healthy", "1 when /healthz reports no problem", value=0 if app.health() else 1
+            "nfsteer_healthy",
+            "1 when /healthz reports no problem",
+            value=0 if self.app.health() else 1,
         )
         per_switch = GaugeMetricFamily(
             "nfsteer_switch_connected",
@@ -163,15 +124,8 @@ class SteeringCollector(Collector):
         for name in sorted(view.topology.switches):
             per_switch.add_metric([name], 1 if name in connected else 0)
         yield per_switch
-        samples = getattr(c, "change_latency", None)
-        if samples is None:
-            samples = getattr(c, "barrier_latency", ())
-        self.latency.consume(samples)
-        yield self.latency.family(
-            "nfsteer_change_to_barrier_seconds",
-            "Time from a change to the barrier reply of every switch",
-        )
-        yield from self._leadership(c)
+
+    def _service_metrics(self) -> Iterable[Any]:
         if self.store is not None:
             yield GaugeMetricFamily(
                 "nfsteer_redis_up", "1 when Redis answered the last command", value=self.store.up
@@ -191,18 +145,16 @@ class SteeringCollector(Collector):
                 value=self.membership.heartbeat_failures,
             )
 
-    def _leadership(self, c: Any) -> Iterable[Any]:
+    def _leadership(self, c: CounterReadings) -> Iterable[Any]:
         yield from _role_metrics(self.app)
-        self.takeover.consume(getattr(c, "takeover_seconds", ()))
+        self.takeover.consume(c.takeover_seconds)
         yield self.takeover.family(
             "nfsteer_takeover_seconds",
             "Time from winning a term to every switch MASTER and programmed",
         )
 
     def _load(self) -> Iterable[Any]:
-        watch = getattr(self.app, "loads", None)
-        if watch is None:
-            return
+        watch = self.app.loads
         load = GaugeMetricFamily(
             "nfsteer_instance_load",
             "Packets/s through the instance's hash slots (pools in load mode)",
@@ -228,10 +180,10 @@ class SteeringCollector(Collector):
                 moves.add_metric([pname, kind], rep.moves_total.get(kind, 0))
         yield from (load, imbalance, moves)
 
-    def _traffic(self, pools: dict[str, Any]) -> Iterable[Any]:
+    def _traffic(self, pools: dict[str, PoolState]) -> Iterable[Any]:
         """Per-instance port counters, when the app collects port statistics
         (``app.port_stats[(switch, port)] = {"rx_packets": ..., ...}``)."""
-        port_stats = getattr(self.app, "port_stats", None)
+        port_stats = self.app.port_stats
         if not port_stats:
             return
         families = {
@@ -243,14 +195,82 @@ class SteeringCollector(Collector):
         }  # fmt: skip
         for pname, ps in sorted(pools.items()):
             for name, info in sorted(dict(ps.instances).items()):
-                stats = port_stats.get((info.switch, info.port)) if info.located else None
+                stats = None
+                if info.switch is not None and info.port is not None:  # located
+                    stats = port_stats.get((info.switch, info.port))
                 for key, family in families.items():
                     if stats and key in stats:
                         family.add_metric([pname, name], stats[key])
         yield from families.values()
 
 
-def _role_metrics(app: Any) -> Iterable[Any]:
+def _pool_metrics(pools: dict[str, PoolState]) -> Iterable[Any]:
+    by_state = GaugeMetricFamily(
+        "nfsteer_pool_instances", "Instances per pool by state", labels=["pool", "state"]
+    )
+    epoch = GaugeMetricFamily("nfsteer_pool_epoch", "Assignment epoch", labels=["pool"])
+    unserved = GaugeMetricFamily(
+        "nfsteer_pool_unserved_slots",
+        "Hash slots without an owner: their traffic is dropped",
+        labels=["pool"],
+    )
+    no_active = GaugeMetricFamily(
+        "nfsteer_pool_without_active_instance",
+        "1 when the pool has no active instance and drops its service traffic",
+        labels=["pool"],
+    )
+    slots = GaugeMetricFamily(
+        "nfsteer_instance_slots", "Hash slots held by an instance", labels=["pool", "instance"]
+    )
+    capacity = GaugeMetricFamily(
+        "nfsteer_instance_capacity", "Configured capacity", labels=["pool", "instance"]
+    )
+    state = GaugeMetricFamily(
+        "nfsteer_instance_state",
+        "1 for the instance's current state",
+        labels=["pool", "instance", "state"],
+    )
+    for pname, ps in sorted(pools.items()):
+        instances = dict(ps.instances)
+        assignment = list(ps.assignment)
+        counts: dict[str, int] = {}
+        for owner in assignment:
+            if owner is not None:
+                counts[owner] = counts.get(owner, 0) + 1
+        for st in InstanceState:
+            n = sum(1 for i in instances.values() if i.state is st)
+            by_state.add_metric([pname, st.value], n)
+        epoch.add_metric([pname], ps.epoch)
+        unserved.add_metric([pname], assignment.count(None))
+        has_active = any(i.state is InstanceState.ACTIVE and i.located for i in instances.values())
+        no_active.add_metric([pname], 0 if has_active else 1)
+        for name, info in sorted(instances.items()):
+            slots.add_metric([pname, name], counts.get(name, 0))
+            capacity.add_metric([pname, name], info.capacity)
+            for st in InstanceState:
+                state.add_metric([pname, name, st.value], 1 if info.state is st else 0)
+    yield from (by_state, epoch, unserved, no_active, slots, capacity, state)
+
+
+def _counter_metrics(c: CounterReadings) -> Iterable[Any]:
+    for attr, doc in (
+        ("rebalances", "Changes that moved at least one slot"),
+        ("slots_moved", "Hash slots that changed owner"),
+        ("flow_mods_sent", "OpenFlow flow-mods sent"),
+        ("group_mods_sent", "OpenFlow group-mods sent"),
+        ("barriers_sent", "OpenFlow barrier requests sent"),
+        ("switch_errors", "OpenFlow error messages received"),
+        ("switch_connects", "Switch connections (first and re-connections)"),
+        ("port_events", "Port status messages received"),
+        ("switch_refused", "Switch connections refused (dpid already connected)"),
+        ("handler_errors", "Event handler failures (contained)"),
+        ("takeovers", "Terms this controller won (it became the leader)"),
+        ("fenced", "Writes refused as stale by a switch or the store (each a step-down)"),
+    ):
+        yield CounterMetricFamily(f"nfsteer_{attr}", doc, value=getattr(c, attr))
+
+
+def _role_metrics(app: SteeringHost) -> Iterable[Any]:
     status = app.role_status()
     role = GaugeMetricFamily(
         "nfsteer_role", "1 for this controller's role (single, leader, standby)", labels=["role"]
@@ -263,7 +283,9 @@ def _role_metrics(app: Any) -> Iterable[Any]:
     )
 
 
-def make_registry(app: Any, membership: Any = None, store: Any = None) -> CollectorRegistry:
+def make_registry(
+    app: SteeringHost, membership: MembershipService | None = None, store: PoolStore | None = None
+) -> CollectorRegistry:
     registry = CollectorRegistry(auto_describe=False)
     registry.register(SteeringCollector(app, membership, store))
     return registry
