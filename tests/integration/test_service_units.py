@@ -19,8 +19,8 @@ from pathlib import Path
 import pytest
 from conftest import REPO, free_port, require, unique_name
 
+from cli import main as cli
 from contract.secrets import redis_url
-from controller import cli
 
 NFSTEER = REPO / ".venv" / "bin" / "nfsteer"
 UNITS = {

@@ -276,7 +276,7 @@ def test_process_exits_when_the_accept_loop_dies(topology, tmp_path):
     port = free_port()
     code = (
         "import socket, sys\n"
-        "from controller import cli\n"
+        "from cli import main as cli\n"
         "def accept(self):\n"
         "    raise ValueError('injected accept failure')\n"
         "socket.socket.accept = accept\n"
