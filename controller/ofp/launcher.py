@@ -59,6 +59,7 @@ from controller.core.switchlink import (
     idle_verdict,
     is_alive,
 )
+from controller.ofp import wire
 from controller.ofp.options import (
     DEFAULT_API,
     DEFAULT_HEARTBEAT_TTL_MS,
@@ -78,6 +79,7 @@ LOG = logging.getLogger("nfsteer.controller")
 APP_MODULE = "controller.ofp.app"
 OFP_HANDLER_MODULE = "os_ken.controller.ofp_handler"
 STOP_TIMEOUT = 5.0
+MESSAGE_BUDGET_S = 10.0  # one message parsed and handled in more than this: a bug, stop
 READ_SIZE = 64 * 1024
 OFP_HEADER = struct.Struct("!BBHI")  # version, type, length, xid
 # accept() errors that concern one connection or a passing shortage, not the listener
@@ -392,6 +394,8 @@ def _handler_class(
             self.waiting_since: float | None = time.monotonic()
             self.echo_sent: float | None = None
             self.aborted = False
+            # since when one message has been in hand (parsing, handlers); None: none
+            self.handling_since: float | None = None
 
         def silent_since(self, now: float) -> float:
             waiting = self.waiting_since
@@ -403,7 +407,7 @@ def _handler_class(
             return name if self.claimed_dpid is None else f"{name} (dpid {self.claimed_dpid:#x})"
 
         def serve(self) -> None:
-            send_thread = hub.spawn(self._send_then_shutdown)
+            send_thread = spawn_daemon(self._send_then_shutdown)
             try:
                 self.send_msg(self.ofproto_parser.OFPHello(self))
                 self._read_messages()
@@ -474,9 +478,11 @@ def _handler_class(
                         raise Dropped(f"message length {msg_len} is shorter than a header")
                     if len(buf) - start < msg_len:
                         break
+                    self.handling_since = time.monotonic()
                     self._handle(
                         version, msg_type, msg_len, xid, bytes(buf[start : start + msg_len])
                     )
+                    self.handling_since = None
                     start += msg_len
                 del buf[:start]
 
@@ -496,6 +502,12 @@ def _handler_class(
             ):
                 LOG.debug("connection from %s: type %d before features", self.peer, msg_type)
                 return
+            if msg_type not in wire.PARSED:
+                LOG.debug("connection from %s: message type %d ignored", self.peer, msg_type)
+                return
+            problem = wire.check(msg_type, raw)
+            if problem is not None:
+                raise Dropped(f"malformed message type {msg_type} ({msg_len} bytes): {problem}")
             try:
                 msg = self.ofproto_parser.msg_parser(self, version, msg_type, msg_len, xid, raw)
             except Exception as e:
@@ -539,8 +551,8 @@ def _handler_class(
 
         def start(self) -> Any:
             app_manager_start(self)
-            self._watchdog = hub.spawn(self._watch)
-            return hub.spawn(self._accept_loop)
+            self._watchdog = spawn_daemon(self._watch)
+            return spawn_daemon(self._accept_loop)
 
         # -- failures that end the listener ------------------------------------------
 
@@ -588,7 +600,7 @@ def _handler_class(
                 with contextlib.suppress(OSError):
                     evicted.shutdown(socket.SHUT_RDWR)
             try:
-                hub.spawn(self._serve, sock, addr)
+                spawn_daemon(self._serve, sock, addr)
             except Exception as e:  # e.g. no thread can be started: this one goes
                 LOG.error("connection from %s dropped: %s", _address(addr), e)
                 with self._lock:
@@ -697,6 +709,17 @@ def _handler_class(
                 )
                 with contextlib.suppress(OSError):
                     sock.shutdown(socket.SHUT_RDWR)
+            with self._lock:
+                busy = [dp for dp in self._connections if dp.handling_since is not None]
+            for dp in busy:
+                since = dp.handling_since
+                if since is not None and now - since > MESSAGE_BUDGET_S:
+                    # A parser that never returns: say so and stop (crash-only), rather
+                    # than spin on silently with one connection's thread.
+                    self._fatal(
+                        f"connection from {dp.peer}: one message has been in hand for "
+                        f"{now - since:.0f} s"
+                    )
             for dp in claimed:
                 if dp.aborted:
                     continue
@@ -740,6 +763,13 @@ def _handler_class(
         app_manager.OSKenApp.start(app)
 
     return Handler
+
+
+def spawn_daemon(target: Callable[..., None], *args: Any) -> threading.Thread:
+    """A daemon thread: a connection's threads must never keep the process from exiting."""
+    thread = threading.Thread(target=target, args=args, daemon=True)
+    thread.start()
+    return thread
 
 
 def _reason(e: BaseException) -> str:

@@ -222,25 +222,25 @@ def test_a_busy_controller_does_not_take_its_backlog_for_a_dead_switch(
 def test_accept_loop_survives_a_failing_connection_thread(topology, bridge, controller, caplog):
     """No thread for one connection (as when the process is out of threads): that
     connection is dropped and logged, the next is served."""
-    from os_ken.lib import hub
+    from controller.ofp import launcher
 
     app, _ = controller(topology)
-    real_spawn = hub.spawn
+    real_spawn = launcher.spawn_daemon
     failed = threading.Event()
 
-    def spawn(fn, *args, **kwargs):
+    def spawn(fn, *args):
         if getattr(fn, "__name__", "") == "_serve" and not failed.is_set():
             failed.set()
             raise RuntimeError("can't start new thread")
-        return real_spawn(fn, *args, **kwargs)
+        return real_spawn(fn, *args)
 
-    hub.spawn = spawn
+    launcher.spawn_daemon = spawn
     try:
         victim = RawPeer(app.options.listen[1])
         assert victim.closed_by_controller(5)
         victim.close()
     finally:
-        hub.spawn = real_spawn
+        launcher.spawn_daemon = real_spawn
     assert "can't start new thread" in caplog.text
     bridge.set_controller(app.options.listen[1])
     assert app.wait_synced("s1", 30)
