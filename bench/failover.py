@@ -212,30 +212,25 @@ class NF:
 
 
 class Tracer:
-    """Records every ApplyResult of the app (benchmark instrumentation only)."""
+    """The app's changes, whatever made them (its record of recent changes)."""
 
     def __init__(self, app: Any):
-        self.results: list[tuple[str, Any]] = []
-        self.lock = threading.Lock()
-        original = app.apply
+        self.app = app
 
-        def traced(mutation, reason):
-            result = original(mutation, reason)
-            with self.lock:
-                self.results.append((reason, result))
-            return result
-
-        app.apply = traced
+    @property
+    def results(self) -> list[tuple[str, Any]]:
+        return self.app.recent_changes()
 
     def wait_for(self, since: int, match: str, timeout: float = 10.0, moved: bool = True) -> Any:
         """The first change since mark ``since`` whose reason contains ``match`` (and that
         moved slots), once every switch answered its barrier."""
 
         def found():
-            with self.lock:
-                for reason, result in self.results[since:]:
-                    if match in reason and (not moved or any(c.moved for c in result.changes)):
-                        return result
+            for reason, result in self.results:
+                if result.number <= since:
+                    continue
+                if match in reason and (not moved or any(c.moved for c in result.changes)):
+                    return result
             return None
 
         result = wait(found, timeout, f"a change '{match}'")
@@ -244,8 +239,9 @@ class Tracer:
         return result
 
     def mark(self) -> int:
-        with self.lock:
-            return len(self.results)
+        """The number of the latest change: later ones are looked for."""
+        results = self.results
+        return results[-1][1].number if results else 0
 
 
 def summary(samples_s: list[float]) -> dict[str, float | int]:

@@ -324,11 +324,14 @@ class Disconnect:
 
 @dataclass(frozen=True)
 class Applied:
-    """A :class:`Change` was made (``error`` None) or refused; ``change`` numbers it."""
+    """A :class:`Change` was made (``error`` None) or refused; ``change`` numbers it,
+    ``started`` is the time of the input that made it."""
 
     change: int
     changes: tuple[PoolChange, ...]
     error: Exception | None = None
+    reason: str = ""
+    started: float = 0.0
 
 
 @dataclass(frozen=True)

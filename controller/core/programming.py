@@ -42,7 +42,7 @@ class Programming:
             # before failing: keep the switches in line with the state either way.
             self.program_all(None)
             ctx.changed = True
-            ctx.emit(Applied(number, (), e))
+            ctx.emit(Applied(number, (), e, change.reason, ctx.now))
             return number
         changes = (out,) if isinstance(out, PoolChange) else tuple(out)
         moved = sum(len(c.moved) for c in changes)
@@ -63,7 +63,7 @@ class Programming:
             c = changes[0]
             fields = {"pool": c.pool, "epoch": c.epoch, "moved": len(c.moved)}
         LOG.info("%s (%s)", change.reason, summary or "no change", extra=fields)
-        ctx.emit(Applied(number, changes))
+        ctx.emit(Applied(number, changes, None, change.reason, ctx.now))
         for listener in self.listeners:
             listener(changes, change.reason)
         self._settle(number)

@@ -163,6 +163,10 @@ class SteeringApp(app_manager.OSKenApp):
         from any thread. The mutation's exception is raised to the caller."""
         return self.loop.call(lambda: self.loop.apply(ev.Change(mutation, reason)))
 
+    def recent_changes(self) -> list[tuple[str, ApplyResult]]:
+        """(reason, result) of the latest changes, whatever made them (tools, benchmarks)."""
+        return self.loop.call(lambda: list(self.loop.recent_changes))
+
     def submit(self, event: ev.Input) -> None:
         """An input for the core, handled in the loop soon (any thread)."""
         self.loop.submit(event)

@@ -19,6 +19,7 @@ import logging
 import queue
 import threading
 import time
+from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any, TypeVar
@@ -33,6 +34,7 @@ TICK_S = 0.5  # the loop is woken at least this often (timers, liveness)
 LOOP_STALL_S = 3.0  # health fails when the loop has not turned for this long
 FAILURE_WINDOW_S = 30.0  # ... and for this long after a handler failed
 CALL_TIMEOUT_S = 30.0  # a caller waits this long for the loop to run its function
+RECENT_CHANGES = 1000
 
 T = TypeVar("T")
 
@@ -40,7 +42,8 @@ T = TypeVar("T")
 class ApplyResult:
     """The outcome of one change: which slots moved, and when the switches confirmed it."""
 
-    def __init__(self, changes: list[PoolChange], started: float):
+    def __init__(self, number: int, changes: list[PoolChange], started: float):
+        self.number = number
         self.changes = changes
         self.started = started
         self.barrier_done: float | None = None  # when the last switch confirmed it
@@ -84,7 +87,9 @@ class Loop:
         self._queue: queue.SimpleQueue[Any] = queue.SimpleQueue()
         self._thread: threading.Thread | None = None
         self._stopping = threading.Event()
-        self._results: dict[int, ApplyResult] = {}
+        self._results: dict[int, ApplyResult] = {}  # changes not yet confirmed
+        # (reason, result) of the latest changes, whatever made them (tools, benchmarks)
+        self.recent_changes: deque[tuple[str, ApplyResult]] = deque(maxlen=RECENT_CHANGES)
         self._synced = {n: threading.Event() for n in core.steering.topology.switches}
         self._answered = threading.Condition()  # after each turn: barriers may be answered
         self._datapaths: dict[str, Any] = {}
@@ -185,19 +190,11 @@ class Loop:
         return outputs
 
     def apply(self, change: ev.Change) -> ApplyResult:
-        started = time.monotonic()
-        outputs = self.feed(change, started)
+        outputs = self.feed(change)
         applied = next(o for o in outputs if isinstance(o, ev.Applied))
         if applied.error is not None:
             raise applied.error
-        result = ApplyResult(list(applied.changes), started)
-        number = applied.change
-        confirmed = [o for o in outputs if isinstance(o, ev.Confirmed) and o.change == number]
-        if confirmed:
-            result.confirm(confirmed[0].at)
-        else:
-            self._results[applied.change] = result
-        return result
+        return next(r for _, r in reversed(self.recent_changes) if r.number == applied.change)
 
     def _carry_out(self, out: ev.Output) -> None:
         match out:
@@ -208,6 +205,10 @@ class Loop:
                     LOG.debug("sending to connection %d failed: %s", out.conn, e)
             case ev.Disconnect():
                 self.links.drop(out.conn)
+            case ev.Applied() if out.error is None:
+                result = ApplyResult(out.change, list(out.changes), out.started)
+                self._results[out.change] = result
+                self.recent_changes.append((out.reason, result))
             case ev.Confirmed():
                 result = self._results.pop(out.change, None)
                 if result is not None:
@@ -216,7 +217,7 @@ class Loop:
                 event = self._synced[out.switch]
                 event.set() if out.synced else event.clear()
             case ev.Applied() | ev.NewTerm():
-                pass  # answers to the caller of feed()
+                pass  # a refused change (its caller raises it); a new term (the election's)
             case _:
                 if self.store_sink is not None:
                     self.store_sink(out)
