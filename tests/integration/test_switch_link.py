@@ -222,10 +222,10 @@ def test_a_busy_controller_does_not_take_its_backlog_for_a_dead_switch(
 def test_accept_loop_survives_a_failing_connection_thread(topology, bridge, controller, caplog):
     """No thread for one connection (as when the process is out of threads): that
     connection is dropped and logged, the next is served."""
-    from controller.ofp import launcher
+    from controller.ofp import listener
 
     app, _ = controller(topology)
-    real_spawn = launcher.spawn_daemon
+    real_spawn = listener.spawn_daemon
     failed = threading.Event()
 
     def spawn(fn, *args):
@@ -234,13 +234,13 @@ def test_accept_loop_survives_a_failing_connection_thread(topology, bridge, cont
             raise RuntimeError("can't start new thread")
         return real_spawn(fn, *args)
 
-    launcher.spawn_daemon = spawn
+    listener.spawn_daemon = spawn
     try:
         victim = RawPeer(app.options.listen[1])
         assert victim.closed_by_controller(5)
         victim.close()
     finally:
-        launcher.spawn_daemon = real_spawn
+        listener.spawn_daemon = real_spawn
     assert "can't start new thread" in caplog.text
     bridge.set_controller(app.options.listen[1])
     assert app.wait_synced("s1", 30)
