@@ -287,3 +287,33 @@ def test_the_controller_process_exits_after_a_malformed_hello():
             proc.communicate()
     assert proc.returncode == 0, out
     assert "hello element at byte 8: length 0" in out
+
+
+def test_a_message_in_hand_past_the_budget_is_fatal(monkeypatch):
+    """The last resort behind the framing check: a message whose handling never ends (here
+    a check slowed down) stops the controller with one line, instead of a silent spin."""
+    from controller.ofp import listener, wire
+
+    monkeypatch.setattr(listener, "MESSAGE_BUDGET_S", 0.5)
+    real_check = wire.check
+
+    def slow_check(msg_type: int, data: bytes) -> str | None:
+        time.sleep(3.0)  # stands in for a parser that does not return
+        return real_check(msg_type, data)
+
+    monkeypatch.setattr(wire, "check", slow_check)
+    reasons: list[str] = []
+    app, stop = start_in_thread(
+        Options(topology=TRIANGLE, listen=("127.0.0.1", 0), api=None, switch_link=TIMERS),
+        on_fatal=reasons.append,
+    )
+    peer = RawPeer(app.options.listen[1])
+    try:
+        peer.send(header(0, 8, 1))
+        deadline = time.monotonic() + 2.5
+        while not reasons and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert len(reasons) == 1 and "one message has been in hand" in reasons[0], reasons
+    finally:
+        peer.close()
+        stop()
