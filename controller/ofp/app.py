@@ -247,7 +247,10 @@ class SteeringApp(app_manager.OSKenApp):
         return self.view().lease
 
     def leading(self) -> bool:
-        return self.core.leading(time.monotonic())
+        """This controller may change the switches and the pool state now (any thread): read
+        from the published view, so that a caller sees one term throughout."""
+        lease = self.view().lease
+        return lease is None or lease.leading(time.monotonic())
 
     def believe_leader(self, term_delta: int) -> dict[str, Any]:
         """A test hook (``NFSTEER_TEST_HOOKS=1``), from the loop: believe we lead with our
