@@ -432,6 +432,7 @@ def main() -> int:
                 )
                 time.sleep(0.3)
                 results.setdefault(case, []).append(measure(*case, b, args.seconds))
+                gen.terminate()  # it was sending for longer than the measurement, as margin
                 gen.wait()
         lat = {r: latency(r, a, b) for r in RX}
     finally:

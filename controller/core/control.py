@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Mapping
 from dataclasses import dataclass
+from typing import Any
 
 from contract.topology import Topology
 from controller.core import events as ev
@@ -243,3 +244,23 @@ class Core:
             lease=None if ctx.lease is None else dataclasses.replace(ctx.lease),
             published=now,
         )
+
+
+def role_status(view: View, now: float) -> dict[str, Any]:
+    """Role, term and leader, and switches not connected, for /healthz and `nfsteer status`."""
+    missing = sorted(set(view.topology.switches) - set(view.switches))
+    warnings = [
+        f"switch {n} is not connected to this controller (is its address in the switch's "
+        "controller list?)"
+        for n in missing
+    ]
+    lease = view.lease
+    if lease is None:
+        return {"role": "single", "term": None, "leader": None, "warnings": warnings}
+    return {
+        "role": "leader" if lease.leading(now) else "standby",
+        "id": lease.controller_id,
+        "term": lease.term,
+        "leader": lease.holder,
+        "warnings": warnings,
+    }

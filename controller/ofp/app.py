@@ -28,7 +28,7 @@ from contract.topology import load_topology
 from controller.core import events as ev
 from controller.core import loadbalance as lb
 from controller.core.context import ControllerCounters
-from controller.core.control import Core, View
+from controller.core.control import Core, View, role_status
 from controller.core.leadership import Lease
 from controller.core.roster import Roster
 from controller.core.state import PoolChange, Steering
@@ -261,20 +261,4 @@ class SteeringApp(app_manager.OSKenApp):
 
     def role_status(self) -> dict[str, Any]:
         """Role, term and leader for /healthz and `nfsteer status` (any thread)."""
-        lease = self.lease
-        view = self.view()
-        missing = sorted(set(view.topology.switches) - set(view.switches))
-        warnings = [
-            f"switch {n} is not connected to this controller (is its address in the switch's "
-            "controller list?)"
-            for n in missing
-        ]
-        if lease is None:
-            return {"role": "single", "term": None, "leader": None, "warnings": warnings}
-        return {
-            "role": "leader" if self.leading() else "standby",
-            "id": lease.controller_id,
-            "term": lease.term,
-            "leader": lease.holder,
-            "warnings": warnings,
-        }
+        return role_status(self.view(), time.monotonic())

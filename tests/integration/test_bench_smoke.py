@@ -69,7 +69,7 @@ def test_store_failover():
 
 
 def test_rebalance(ovs):
-    args = ("--flows", "50", "--rate", "2000", "--steady-s", "2", "--interval-s", "1", "--json")
+    args = ("--flows", "50", "--rate", "2000", "--steady-s", "1", "--interval-s", "1", "--json")
     d = last_json(bench("rebalance", *args))
     assert d["measured"]["slot_pkts_per_s_total"] > 0
     assert d["imbalance"]["hash_only"] >= 1.0
